@@ -1,0 +1,3 @@
+"""lambdahat: estimate the local learning coefficient (LLC) of trained PyTorch models."""
+
+__all__: list[str] = []
