@@ -1,0 +1,133 @@
+"""Pieces shared by the samplers: hyperparameters, the localized potential, projection, MALA acceptance.
+
+Every sampler module exposes the same names: ``State`` and ``Info`` (NamedTuples of tensors with a leading chain
+dimension), ``init(theta, ...) -> State``, ``step(state, loss, grad, noise, hyper, ctx) -> (State, Info)`` and
+``build(**options) -> Sampler``. Steps are pure tensor functions (no host syncs, no branches on values), so they can
+be compiled and run for all chains at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["Context", "Hyper", "Info", "Sampler", "localized_potential", "mala_log_accept", "project"]
+
+
+class Hyper(NamedTuple):
+    """Hyperparameters that may change between runs without recompiling (0-d tensors).
+
+    ``learning_rate`` is ε, ``nbeta`` is nβ, ``localization`` is γ, ``weight_decay`` is the coefficient of the
+    optional ``(wd/2)||w||²`` term of the potential.
+    """
+
+    learning_rate: torch.Tensor
+    nbeta: torch.Tensor
+    localization: torch.Tensor
+    weight_decay: torch.Tensor
+
+
+class Context(NamedTuple):
+    """Fixed tensors of a run: the anchor ``w*`` ``[D]``, the unit gradient direction ``u`` ``[D]`` removed by
+    ``restrict_to_orth_grad`` (or ``None``) and the half-width of the optional bounding box around ``w*``."""
+
+    w_star: torch.Tensor
+    orth_u: torch.Tensor | None
+    box: float | None
+
+
+class Info(NamedTuple):
+    """What one step observed, per chain (shape ``[chains]``).
+
+    ``loss`` is the minibatch loss at the position *before* the step (the draw), ``log_accept`` the log MALA
+    acceptance probability of the transition that led to that position (NaN where undefined), ``grad_norm`` the
+    norm of the minibatch loss gradient, ``noise_norm`` that of the injected noise, ``distance`` ``||w - w*||``.
+    """
+
+    loss: torch.Tensor
+    log_accept: torch.Tensor
+    grad_norm: torch.Tensor
+    noise_norm: torch.Tensor
+    distance: torch.Tensor
+
+
+class Sampler(NamedTuple):
+    """A sampler: its name and its two pure functions with the options bound."""
+
+    name: str
+    init: Callable
+    step: Callable
+
+
+def project(v: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """Remove the component along the unit vector ``u``: ``(I - u uᵀ) v`` for each chain (identity if ``u`` is None)."""
+    if u is None:
+        return v
+    return v - (v @ u).unsqueeze(-1) * u
+
+
+def localized_potential(
+    theta: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, hyper: Hyper, ctx: Context
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The potential of the localized tempered posterior and its gradient.
+
+    .. math::
+
+        U(w) = n\\beta L_B(w) + \\frac{\\gamma}{2}\\|w - w^*\\|^2 + \\frac{wd}{2}\\|w\\|^2, \\qquad
+        \\nabla U(w) = n\\beta \\nabla L_B(w) + \\gamma (w - w^*) + wd\\, w
+
+    Returns
+    -------
+    U : ``[chains]``; drift ``∇U`` projected by ``restrict_to_orth_grad`` : ``[chains, D]``; ``w - w*`` : ``[chains, D]``.
+    """
+    delta = theta - ctx.w_star
+    potential = (
+        hyper.nbeta * loss
+        + 0.5 * hyper.localization * (delta * delta).sum(-1)
+        + 0.5 * hyper.weight_decay * (theta * theta).sum(-1)
+    )
+    drift = hyper.nbeta * grad + hyper.localization * delta + hyper.weight_decay * theta
+    return potential, project(drift, ctx.orth_u), delta
+
+
+def finish_position(theta: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Keep a new position inside the optional bounding box ``w* ± box``."""
+    if ctx.box is None:
+        return theta
+    return torch.minimum(torch.maximum(theta, ctx.w_star - ctx.box), ctx.w_star + ctx.box)
+
+
+def mala_log_accept(
+    prev_theta: torch.Tensor,
+    theta: torch.Tensor,
+    prev_drift: torch.Tensor,
+    drift: torch.Tensor,
+    prev_potential: torch.Tensor,
+    potential: torch.Tensor,
+    learning_rate: torch.Tensor,
+    prev_precond: torch.Tensor | float = 1.0,
+    precond: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Log Metropolis–Hastings acceptance of the Langevin transition ``w → w'`` (Furman & Lau 2024).
+
+    With the proposal ``q(w'|w) = N(w'; w - (ε/2) G ∇U(w), ε G)`` (``G`` a diagonal preconditioner, 1 for SGLD):
+
+    .. math::
+
+        \\log a = \\min\\Big(0,\\; U(w) - U(w') + \\log q(w|w') - \\log q(w'|w)\\Big)
+
+    ``prev_*`` belong to ``w``, the others to ``w'``. NaN where ``prev_potential`` is NaN (no previous step).
+    """
+    step = theta - prev_theta
+    half = 0.5 * learning_rate
+    fwd = step + half * prev_precond * prev_drift
+    bwd = -step + half * precond * drift
+    log_q_fwd = -(fwd * fwd / prev_precond).sum(-1) / (2 * learning_rate)
+    log_q_bwd = -(bwd * bwd / precond).sum(-1) / (2 * learning_rate)
+    if isinstance(prev_precond, torch.Tensor):
+        log_q_fwd = log_q_fwd - 0.5 * torch.log(prev_precond).sum(-1)
+        log_q_bwd = log_q_bwd - 0.5 * torch.log(precond).sum(-1)
+    log_ratio = prev_potential - potential + log_q_bwd - log_q_fwd
+    return torch.clamp(log_ratio, max=0.0)

@@ -1,0 +1,83 @@
+"""Stochastic gradient Langevin dynamics on the localized tempered posterior (Welling & Teh 2011; Lau et al. 2023).
+
+.. math::
+
+    w \\leftarrow w - \\frac{\\varepsilon}{2}\\Big[n\\beta \\nabla L_B(w) + \\gamma (w - w^*) + wd\\, w\\Big]
+    + \\mathcal N(0, \\varepsilon I)
+
+With ``restrict_to_orth_grad`` the drift and the noise are projected onto the hyperplane orthogonal to the
+full-batch gradient at ``w*``, so the chain stays in ``w* + u⊥``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .base import (
+    Context,
+    Hyper,
+    Info,
+    Sampler,
+    finish_position,
+    localized_potential,
+    mala_log_accept,
+    project,
+)
+
+__all__ = ["State", "build", "init", "step"]
+
+
+class State(NamedTuple):
+    """Chain positions ``theta`` ``[chains, D]`` and what the MALA diagnostic needs of the previous step."""
+
+    theta: torch.Tensor
+    prev_theta: torch.Tensor
+    prev_drift: torch.Tensor
+    prev_potential: torch.Tensor
+
+
+def init(theta: torch.Tensor) -> State:
+    """Start every chain at ``theta`` ``[chains, D]`` (a copy is taken)."""
+    nan = torch.full(theta.shape[:1], math.nan, device=theta.device, dtype=theta.dtype)
+    return State(theta.clone(), theta.clone(), torch.zeros_like(theta), nan)
+
+
+def step(
+    state: State, loss: torch.Tensor, grad: torch.Tensor, noise: torch.Tensor, hyper: Hyper, ctx: Context
+) -> tuple[State, Info]:
+    """One SGLD step for all chains.
+
+    Parameters
+    ----------
+    state:
+        Current positions.
+    loss, grad:
+        Minibatch mean loss ``[chains]`` and its gradient ``[chains, D]`` at ``state.theta``.
+    noise:
+        Standard normal ``[chains, D]``.
+    hyper, ctx:
+        See :class:`~lambdahat.samplers.base.Hyper` and :class:`~lambdahat.samplers.base.Context`.
+    """
+    theta = state.theta
+    potential, drift, delta = localized_potential(theta, loss, grad, hyper, ctx)
+    log_accept = mala_log_accept(
+        state.prev_theta, theta, state.prev_drift, drift, state.prev_potential, potential, hyper.learning_rate
+    )
+    kick = project(noise, ctx.orth_u) * hyper.learning_rate.sqrt()
+    new_theta = finish_position(theta - 0.5 * hyper.learning_rate * drift + kick, ctx)
+    info = Info(
+        loss=loss,
+        log_accept=log_accept,
+        grad_norm=grad.norm(dim=-1),
+        noise_norm=kick.norm(dim=-1),
+        distance=delta.norm(dim=-1),
+    )
+    return State(new_theta, theta, drift, potential), info
+
+
+def build() -> Sampler:
+    """The SGLD sampler (it has no options beyond the shared hyperparameters)."""
+    return Sampler("sgld", init, step)
