@@ -44,14 +44,16 @@ def default_unpack(batch: Any) -> tuple[Any, Any]:
     )
 
 
-def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move tensors (also inside tuples, lists and dicts) to ``device``."""
+def move_to(obj: Any, device: torch.device, non_blocking: bool = False, float_dtype: torch.dtype | None = None) -> Any:
+    """Move tensors (also inside tuples, lists and dicts) to ``device``; floating tensors are cast to
+    ``float_dtype`` when it is given."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=non_blocking)
+        dtype = float_dtype if float_dtype is not None and obj.is_floating_point() else None
+        return obj.to(device, dtype=dtype, non_blocking=non_blocking)
     if isinstance(obj, tuple | list):
-        return type(obj)(move_to(o, device, non_blocking) for o in obj)
+        return type(obj)(move_to(o, device, non_blocking, float_dtype) for o in obj)
     if isinstance(obj, dict):
-        return {k: move_to(v, device, non_blocking) for k, v in obj.items()}
+        return {k: move_to(v, device, non_blocking, float_dtype) for k, v in obj.items()}
     return obj
 
 
@@ -93,15 +95,25 @@ class DataFeed:
         Where batches are moved.
     seed:
         Seeds the shuffle of each pass (see module docstring).
+    float_dtype:
+        If given, floating tensors of the batches are cast to it (float64 runs).
     """
 
-    def __init__(self, loader, unpack_fn: Callable | None, device: torch.device, seed: int) -> None:
+    def __init__(
+        self,
+        loader,
+        unpack_fn: Callable | None,
+        device: torch.device,
+        seed: int,
+        float_dtype: torch.dtype | None = None,
+    ) -> None:
         self.loader = loader
         self.unpack = unpack_fn or default_unpack
         self.device = torch.device(device)
         self.seed = seed
         self.non_blocking = self.device.type == "cuda"
         self.fast = _fast_tensor_batches(loader)
+        self.float_dtype = float_dtype
 
     def _batches_of_pass(self, pass_index: int) -> Iterator[Any]:
         with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
@@ -127,7 +139,10 @@ class DataFeed:
         for batch in self._batches_of_pass(pass_index):
             empty = False
             x, y = self.unpack(batch)
-            yield move_to(x, self.device, self.non_blocking), move_to(y, self.device, self.non_blocking)
+            yield (
+                move_to(x, self.device, self.non_blocking, self.float_dtype),
+                move_to(y, self.device, self.non_blocking, self.float_dtype),
+            )
         if empty:
             raise ValueError(
                 "estimate_llc: the loader yielded no batch; pass a DataLoader over a non-empty dataset "

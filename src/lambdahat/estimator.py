@@ -328,7 +328,7 @@ class LLCEstimator:
         for dev in dict.fromkeys(dev_list):
             fms[dev] = FunctionalModel(model, criterion_fn, dev, self.dtype, sampled)
         main = fms[dev_list[0]]
-        feed0 = DataFeed(loader, unpack_fn, main.device, seed)
+        feed0 = DataFeed(loader, unpack_fn, main.device, seed, _input_dtype(self.dtype))
         if init is None:
             init = anchor_loss_and_direction(main, feed0, self.restrict_to_orth_grad)
         init_loss, direction = init
@@ -391,7 +391,7 @@ class LLCEstimator:
                     signature=_signature(fm, self, criterion_fn),
                 ),
             )
-            feed = DataFeed(loader, unpack_fn, dev, seed)
+            feed = DataFeed(loader, unpack_fn, dev, seed, _input_dtype(self.dtype))
             hyper, ctx = hyper_on(dev, fm.param_dtype), ctx_on(fm)
             out = []
             for chains in per_device.get(slot, []):
@@ -450,6 +450,10 @@ class LLCEstimator:
         if self.result is None:
             raise RuntimeError("LLCEstimator.get_metrics: call estimate_llc first.")
         return self.result.to_metrics()
+
+
+def _input_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    return torch.float64 if dtype == torch.float64 else None
 
 
 def _signature(fm: FunctionalModel, est: LLCEstimator, criterion_fn) -> tuple:

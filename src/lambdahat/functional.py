@@ -135,6 +135,20 @@ def _unwrap_outputs(out):
     return out if logits is None else logits
 
 
+def _norms_in_float32(module: nn.Module, device_type: str) -> None:
+    """Run the BatchNorm layers of a private copy in float32 under autocast (their statistics are float32, and the
+    vmapped batch-norm rule rejects mixed precision); the surrounding layers stay in reduced precision."""
+    for sub in module.modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+            original = sub.forward
+
+            def forward(x, _original=original):
+                with torch.autocast(device_type=device_type, enabled=False):
+                    return _original(x.float())
+
+            sub.forward = forward
+
+
 class FunctionalModel:
     """A private, eval-mode copy of a module, callable as a pure function of flat sampled parameters.
 
@@ -193,6 +207,8 @@ class FunctionalModel:
             }
         for p in self.module.parameters():
             p.requires_grad_(False)
+        if self.autocast_dtype is not None:
+            _norms_in_float32(self.module, self.device.type)
 
     def _autocast(self):
         if self.autocast_dtype is None:
