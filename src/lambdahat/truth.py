@@ -631,13 +631,16 @@ _EDGE_T = 40.0  # the box grid stops where the distance to the edge is radius * 
 _CHUNK_POINTS = 1 << 21
 
 
-def _axis_nodes(h: float, w_min: float, gamma: float, radius: float | None) -> tuple[torch.Tensor, ...]:
-    """Nodes of one axis: positions ``w``, log-Jacobians, and the mask of the nodes of the ``2h`` sub-grid.
+def _axis_nodes(
+    h: float, w_min: float, gamma: float, radius: float | None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Nodes of one axis: positions ``w``, log-Jacobians, and the number of leading nodes on the ``2h`` sub-grid.
 
     Each half-axis is mapped from a uniform grid in ``t``: ``w = exp(t)`` (no box) or ``w = R sigmoid(t)``
     (box of half-width ``R``). Both are log-spaced near ``0``, so the narrow ridges of singular integrands
     along the axes are resolved, and both make the integrand in ``t`` smooth and decaying at both ends, so the
-    trapezoidal rule converges exponentially fast.
+    trapezoidal rule converges exponentially fast. The nodes of the ``2h`` sub-grid (both signs) come first, so
+    that the sub-grid of a product grid is a leading block.
     """
     dtype = torch.float64
     if radius is None:
@@ -646,14 +649,16 @@ def _axis_nodes(h: float, w_min: float, gamma: float, radius: float | None) -> t
         t_lo, t_hi = math.log(w_min / radius), _EDGE_T
     count = math.ceil((t_hi - t_lo) / (2.0 * h)) * 2 + 1
     t = t_lo + h * torch.arange(count, dtype=dtype)
+    t = torch.cat([t[0::2], t[1::2]])
     if radius is None:
         w_pos, logjac = t.exp(), t
     else:
         w_pos = radius * torch.sigmoid(t)
         logjac = math.log(radius) + nn.functional.logsigmoid(t) + nn.functional.logsigmoid(-t)
-    coarse = torch.arange(count) % 2 == 0
-    w = torch.cat([-w_pos.flip(0), w_pos])
-    return w, torch.cat([logjac.flip(0), logjac]), torch.cat([coarse.flip(0), coarse])
+    n_coarse = (count + 1) // 2
+    w = torch.cat([w_pos[:n_coarse], -w_pos[:n_coarse], w_pos[n_coarse:], -w_pos[n_coarse:]])
+    logjac = torch.cat([logjac[:n_coarse], logjac[:n_coarse], logjac[n_coarse:], logjac[n_coarse:]])
+    return w, logjac, 2 * n_coarse
 
 
 def _evaluate_k(K: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor) -> torch.Tensor:
@@ -684,31 +689,34 @@ def _grid_estimates(
     w_min: float,
 ) -> tuple[float, float]:
     """``E[nbeta K]`` by the trapezoidal rule on the grid of spacing ``h`` and on its ``2h`` sub-grid."""
-    w, logjac, coarse = _axis_nodes(h, w_min, gamma, radius)
+    w, logjac, n_coarse = _axis_nodes(h, w_min, gamma, radius)
     fine_parts: list[torch.Tensor] = []
     coarse_parts: list[torch.Tensor] = []
-    if d == 1:
-        row_blocks = [slice(0, w.numel())]
-    else:
-        rows = max(1, _CHUNK_POINTS // w.numel())
-        row_blocks = [slice(i, i + rows) for i in range(0, w.numel(), rows)]
-    for block in row_blocks:
+    rows = w.numel() if d == 1 else max(1, _CHUNK_POINTS // w.numel())
+    for start in range(0, w.numel(), rows):
+        stop = min(start + rows, w.numel())
         if d == 1:
             points = w[:, None]
             log_base = logjac
-            mask = coarse
         else:
-            w_rows = w[block]
-            points = torch.stack(torch.broadcast_tensors(w_rows[:, None], w[None, :]), dim=-1)
-            log_base = logjac[block][:, None] + logjac[None, :]
-            mask = coarse[block][:, None] & coarse[None, :]
+            points = torch.stack(torch.broadcast_tensors(w[start:stop, None], w[None, :]), dim=-1)
+            log_base = logjac[start:stop, None] + logjac[None, :]
         nbk = nbeta * _evaluate_k(K, points)
         log_weight = log_base - nbk - 0.5 * gamma * (points * points).sum(dim=-1)
         log_weight_k = log_weight + nbk.log()
         fine_parts.append(
-            torch.stack([log_weight.flatten().logsumexp(0), log_weight_k.flatten().logsumexp(0)])
+            torch.stack([log_weight.logsumexp(tuple(range(d))), log_weight_k.logsumexp(tuple(range(d)))])
         )
-        coarse_parts.append(torch.stack([log_weight[mask].logsumexp(0), log_weight_k[mask].logsumexp(0)]))
+        if start < n_coarse:  # the leading block of the 2h sub-grid
+            lead = (slice(0, min(stop, n_coarse) - start),) + (slice(0, n_coarse),) * (d - 1)
+            coarse_parts.append(
+                torch.stack(
+                    [
+                        log_weight[lead].logsumexp(tuple(range(d))),
+                        log_weight_k[lead].logsumexp(tuple(range(d))),
+                    ]
+                )
+            )
     fine = torch.stack(fine_parts).logsumexp(0)
     crude = torch.stack(coarse_parts).logsumexp(0)
     return math.exp(float(fine[1] - fine[0])), math.exp(float(crude[1] - crude[0]))
@@ -721,7 +729,7 @@ def posterior_mean_nbeta_k_numeric(
     gamma: float,
     *,
     radius: float | None = None,
-    rtol: float = 1e-10,
+    rtol: float = 1e-7,
     w_min: float = 1e-24,
     max_points: int = 50_000_000,
 ) -> float:
@@ -742,8 +750,10 @@ def posterior_mean_nbeta_k_numeric(
     grid in ``t`` by :math:`w = e^t` (or :math:`w = R\\,\\sigma(t)` on a box): log-spaced near 0, from
     ``w_min`` out to where the Gaussian (or the box edge) makes the integrand negligible. In ``t`` the
     integrand is smooth and decays at both ends, so the trapezoidal rule converges exponentially; the spacing
-    is halved until the estimates on the grid and on its every-other-node sub-grid agree to ``rtol``. Sums are
-    taken in log space.
+    is halved until the estimates on the grid and on its every-other-node sub-grid agree to ``rtol``; the
+    finer estimate, which is returned, is then in practice far more accurate (its error is roughly the square
+    of the coarser one's; the tests check agreement with closed forms to about 1e-12). Sums are taken in log
+    space. A 2-D call takes of the order of a second.
 
     Parameters
     ----------
@@ -758,8 +768,8 @@ def posterior_mean_nbeta_k_numeric(
         Localization strength ``>= 0``; ``gamma = 0`` needs ``radius``.
     radius : float, optional
         Half-width of a box prior; default none (the prior is the Gaussian localization alone).
-    rtol : float, default 1e-10
-        Relative agreement required between the two grids.
+    rtol : float, default 1e-7
+        Relative agreement required between the grids of spacing ``h`` and ``2h``.
     w_min : float, default 1e-24
         Smallest ``|w_i|`` on the grid; the strip ``|w_i| < w_min`` is left out.
     max_points : int, default 50_000_000
