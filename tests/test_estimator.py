@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 import lambdahat
 from lambdahat import LLCEstimator, LLCResult, nbeta_from_effective_size
@@ -18,7 +18,11 @@ from lambdahat import LLCEstimator, LLCResult, nbeta_from_effective_size
 
 def test_public_surface_is_pinned():
     expected = {
-        "LLCEstimator", "LLCResult", "Sampler", "nbeta_from_effective_size", "__version__",
+        "LLCEstimator",
+        "LLCResult",
+        "Sampler",
+        "nbeta_from_effective_size",
+        "__version__",
     }
     assert expected <= set(lambdahat.__all__)
     for name in lambdahat.__all__:
@@ -36,9 +40,27 @@ def test_estimate_returns_per_chain_llcs_and_metrics(tiny_model, loader):
     llcs = est.estimate_llc(tiny_model, loader, seed=0, compile=False, show_progress=False)
     assert llcs.shape == (4,) and llcs.dtype == torch.float32
     m = est.get_metrics()
-    for key in ("llc_mean", "llc_std", "llcs", "losses", "losses_mean", "losses_std", "init_loss", "nbeta",
-                "mala_acceptance", "mala_acceptance_trace", "rhat", "ess", "llc_trace", "diverged", "learning_rate",
-                "seed", "grad_norm", "distance", "noise_norm"):
+    for key in (
+        "llc_mean",
+        "llc_std",
+        "llcs",
+        "losses",
+        "losses_mean",
+        "losses_std",
+        "init_loss",
+        "nbeta",
+        "mala_acceptance",
+        "mala_acceptance_trace",
+        "rhat",
+        "ess",
+        "llc_trace",
+        "diverged",
+        "learning_rate",
+        "seed",
+        "grad_norm",
+        "distance",
+        "noise_norm",
+    ):
         assert key in m, key
     assert m["losses"].shape == (4, 12)
     assert m["llc_trace"].shape == (4, 12)
@@ -89,8 +111,9 @@ def test_outputs_with_logits_attribute_are_unwrapped(classification_data):
             return Out(self.lin(x))
 
     est = LLCEstimator(**FAST)
-    llcs = est.estimate_llc(Wrapped(), DataLoader(classification_data, batch_size=32), seed=0, compile=False,
-                            show_progress=False)
+    llcs = est.estimate_llc(
+        Wrapped(), DataLoader(classification_data, batch_size=32), seed=0, compile=False, show_progress=False
+    )
     assert torch.isfinite(llcs).all()
 
 
@@ -105,10 +128,17 @@ def test_dict_batches_with_unpack_fn(classification_data):
 
     model = nn.Linear(4, 3)
     est = LLCEstimator(**FAST)
-    a = est.estimate_llc(model, DataLoader(DictData(), batch_size=32), unpack_fn=lambda b: (b["inputs"], b["labels"]),
-                         seed=3, compile=False, show_progress=False)
-    b = est.estimate_llc(model, DataLoader(classification_data, batch_size=32), seed=3, compile=False,
-                         show_progress=False)
+    a = est.estimate_llc(
+        model,
+        DataLoader(DictData(), batch_size=32),
+        unpack_fn=lambda b: (b["inputs"], b["labels"]),
+        seed=3,
+        compile=False,
+        show_progress=False,
+    )
+    b = est.estimate_llc(
+        model, DataLoader(classification_data, batch_size=32), seed=3, compile=False, show_progress=False
+    )
     torch.testing.assert_close(a, b)
 
 
@@ -127,8 +157,13 @@ def test_reduced_precision_autocast_on_cpu(tiny_model, loader, dtype):
 
 def test_float64_runs_in_double(classification_data):
     est = LLCEstimator(**FAST, dtype=torch.float64)
-    llcs = est.estimate_llc(nn.Linear(4, 3), DataLoader(classification_data, batch_size=32), seed=0,
-                            compile=False, show_progress=False)
+    llcs = est.estimate_llc(
+        nn.Linear(4, 3),
+        DataLoader(classification_data, batch_size=32),
+        seed=0,
+        compile=False,
+        show_progress=False,
+    )
     assert torch.isfinite(llcs).all()
 
 
@@ -140,7 +175,9 @@ def test_progress_bar_can_be_shown(tiny_model, loader, capsys):
 def test_seed_none_is_recorded_and_repeats(tiny_model, loader):
     est = LLCEstimator(**FAST)
     first = est.estimate_llc(tiny_model, loader, seed=None, compile=False, show_progress=False)
-    again = est.estimate_llc(tiny_model, loader, seed=est.get_metrics()["seed"], compile=False, show_progress=False)
+    again = est.estimate_llc(
+        tiny_model, loader, seed=est.get_metrics()["seed"], compile=False, show_progress=False
+    )
     torch.testing.assert_close(first, again, rtol=0, atol=0)
 
 
@@ -154,6 +191,7 @@ def test_failed_compile_falls_back_to_eager_with_one_warning(tiny_model, loader,
     def broken_compile(fn, *a, **k):
         def fail(*args, **kwargs):
             raise RuntimeError("simulated compiler failure")
+
         return fail
 
     monkeypatch.setattr(torch, "compile", broken_compile)

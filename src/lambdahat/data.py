@@ -44,7 +44,9 @@ def default_unpack(batch: Any) -> tuple[Any, Any]:
     )
 
 
-def move_to(obj: Any, device: torch.device, non_blocking: bool = False, float_dtype: torch.dtype | None = None) -> Any:
+def move_to(
+    obj: Any, device: torch.device, non_blocking: bool = False, float_dtype: torch.dtype | None = None
+) -> Any:
     """Move tensors (also inside tuples, lists and dicts) to ``device``; floating tensors are cast to
     ``float_dtype`` when it is given."""
     if isinstance(obj, torch.Tensor):

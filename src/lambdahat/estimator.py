@@ -143,7 +143,8 @@ class LLCEstimator:
     bounding_box_size:
         If given, clamp every coordinate to ``w* ± bounding_box_size`` after each step.
     sampler_options:
-        Options of the sampler (``alpha``, ``eps`` for rmsprop_sgld; ``diffusion`` for sgnht).
+        Options of the sampler (``alpha``, ``eps``, ``adapt_steps`` (default ``burnin_steps``) for rmsprop_sgld;
+        ``diffusion`` for sgnht).
 
     Examples
     --------
@@ -202,6 +203,8 @@ class LLCEstimator:
             None if bounding_box_size is None else _non_negative("bounding_box_size", bounding_box_size)
         )
         self.sampler_options = dict(sampler_options or {})
+        if sampler == "rmsprop_sgld":
+            self.sampler_options.setdefault("adapt_steps", burnin_steps)
         try:
             self.sampler = get_sampler(sampler, **self.sampler_options)
         except TypeError as exc:
@@ -323,11 +326,10 @@ class LLCEstimator:
         sampled = select_parameters(model, params)
         _loader_advice(loader, dev_list)
 
-        # One functional copy of the model per device (threads never share a module object).
-        fms = {}
-        for dev in dict.fromkeys(dev_list):
-            fms[dev] = FunctionalModel(model, criterion_fn, dev, self.dtype, sampled)
-        main = fms[dev_list[0]]
+        # One functional copy of the model per device slot: threads never share a module object, not even
+        # when the same device is listed twice.
+        fms = [FunctionalModel(model, criterion_fn, dev, self.dtype, sampled) for dev in dev_list]
+        main = fms[0]
         feed0 = DataFeed(loader, unpack_fn, main.device, seed, _input_dtype(self.dtype))
         if init is None:
             init = anchor_loss_and_direction(main, feed0, self.restrict_to_orth_grad)
@@ -380,7 +382,7 @@ class LLCEstimator:
 
         def run_device(slot: int) -> list[tuple[list[int], torch.Tensor]]:
             dev = dev_list[slot]
-            fm = fms[dev]
+            fm = fms[slot]
             stepper = steppers.setdefault(
                 slot,
                 StepFunction(
@@ -388,7 +390,7 @@ class LLCEstimator:
                     self.sampler,
                     use_compile,
                     model_key=model,
-                    signature=_signature(fm, self, criterion_fn),
+                    signature=(slot, *_signature(fm, self, criterion_fn)),
                 ),
             )
             feed = DataFeed(loader, unpack_fn, dev, seed, _input_dtype(self.dtype))
@@ -472,4 +474,4 @@ def _signature(fm: FunctionalModel, est: LLCEstimator, criterion_fn) -> tuple:
 def _compiled_available(model, fm, est, criterion_fn) -> bool:
     from .chains import _COMPILED
 
-    return _signature(fm, est, criterion_fn) in _COMPILED.get(model, {})
+    return (0, *_signature(fm, est, criterion_fn)) in _COMPILED.get(model, {})
