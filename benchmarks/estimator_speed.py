@@ -1,0 +1,225 @@
+"""Steady-state speed of ``estimate_llc`` against the floor, and the cost of a one-off call.
+
+Workloads (8 chains, 50 burn-in steps, 100 draws = 150 steps):
+
+- ``mlp``: classifier 32→256→256→10, batch 256;
+- ``modadd``: the modular-addition MLP, p = 53, embed 12, hidden 48, batch 128;
+- ``dln``: deep linear network, 8 layers of width 16, MSE, batch 500;
+- ``transformer``: 2 layers, d_model 64, 4 heads, sequences of 16 tokens, batch 64, next-token loss.
+
+The *floor* is a bare loop of ``vmap(grad_and_value(loss))`` over stacked parameters on the same batches, with no
+sampler, no noise and no bookkeeping, eager and ``torch.compile``d; the faster of the two is the floor.
+For the estimator we time (after one warm-up call) the steady state with ``compile=True`` and ``compile=False``,
+and separately a *one-off* call with the default ``compile="auto"`` on a fresh model object (what a user's first
+call costs), compared with an eager one-off call.
+
+Every time is the median of ``--repeats`` interleaved repeats; ratios are taken within the same run.
+
+Usage::
+
+    python benchmarks/estimator_speed.py [--repeats 3] [--workloads mlp,modadd,dln,transformer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from torch.utils.data import DataLoader, TensorDataset
+
+from lambdahat import LLCEstimator
+from lambdahat.modadd.model import ModAddModel
+
+CHAINS, BURNIN, DRAWS = 8, 50, 100
+STEPS = BURNIN + DRAWS
+
+
+class TinyTransformer(nn.Module):
+    """Pre-norm decoder-only transformer with causal attention written out (no fused fast paths)."""
+
+    def __init__(self, vocab=32, d_model=64, heads=4, layers=2, seq=16):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Parameter(torch.randn(seq, d_model) * 0.02)
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(
+                nn.ModuleDict(
+                    {
+                        "ln1": nn.LayerNorm(d_model),
+                        "qkv": nn.Linear(d_model, 3 * d_model),
+                        "out": nn.Linear(d_model, d_model),
+                        "ln2": nn.LayerNorm(d_model),
+                        "fc1": nn.Linear(d_model, 4 * d_model),
+                        "fc2": nn.Linear(4 * d_model, d_model),
+                    }
+                )
+            )
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
+        self.register_buffer("mask", torch.triu(torch.full((seq, seq), float("-inf")), diagonal=1))
+
+    def forward(self, tokens):
+        b, t = tokens.shape
+        h = self.embed(tokens) + self.pos[:t]
+        for blk in self.blocks:
+            q, k, v = blk["qkv"](blk["ln1"](h)).chunk(3, dim=-1)
+            split = lambda z: z.view(b, t, self.heads, -1).transpose(1, 2)  # noqa: E731
+            q, k, v = split(q), split(k), split(v)
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + self.mask[:t, :t]
+            h = h + blk["out"]((att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, -1))
+            h = h + blk["fc2"](F.gelu(blk["fc1"](blk["ln2"](h))))
+        return self.head(self.ln_f(h))
+
+
+def token_loss(logits, targets):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def workload(name: str):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if name == "mlp":
+        x = torch.randn(4096, 32, generator=g)
+        y = torch.randint(0, 10, (4096,), generator=g)
+        model = nn.Sequential(
+            nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
+        return model, TensorDataset(x, y), 256, F.cross_entropy, dict(learning_rate=1e-5, localization=100.0)
+    if name == "modadd":
+        p = 53
+        pairs = torch.cartesian_prod(torch.arange(p), torch.arange(p))
+        labels = (pairs[:, 0] + pairs[:, 1]) % p
+        keep = torch.randperm(p * p, generator=g)[: int(0.8 * p * p)]
+        model = ModAddModel(p, embed_dim=12, hidden_size=48)
+        return (
+            model,
+            TensorDataset(pairs[keep], labels[keep]),
+            128,
+            F.cross_entropy,
+            dict(learning_rate=1e-4, localization=5.0),
+        )
+    if name == "dln":
+        x = torch.rand(5000, 16, generator=g) * 2 - 1
+        layers = [nn.Linear(16, 16, bias=False) for _ in range(8)]
+        model = nn.Sequential(*layers)
+        with torch.no_grad():
+            y = model(x)
+        return model, TensorDataset(x, y), 500, F.mse_loss, dict(learning_rate=1e-6, localization=1.0)
+    if name == "transformer":
+        tokens = torch.randint(0, 32, (1024, 17), generator=g)
+        model = TinyTransformer()
+        return (
+            model,
+            TensorDataset(tokens[:, :-1], tokens[:, 1:]),
+            64,
+            token_loss,
+            dict(learning_rate=1e-5, localization=100.0),
+        )
+    raise ValueError(name)
+
+
+def time_floor(model, batches, criterion, compiled_fn_cache):
+    """Seconds for STEPS vmapped grad_and_value calls over stacked parameters (eager and compiled)."""
+    base = copy.deepcopy(model).eval()
+    params, buffers = stack_module_state([base] * CHAINS)
+    params = {k: v.detach() for k, v in params.items()}
+
+    def loss(p, b, x, y):
+        return criterion(functional_call(base, (p, b), (x,)), y)
+
+    f = vmap(grad_and_value(loss), in_dims=(0, 0, None, None))
+    if "compiled" not in compiled_fn_cache:
+        cf = torch.compile(f)
+        start = time.perf_counter()
+        cf(params, buffers, *batches[0])
+        compiled_fn_cache["compile_seconds"] = time.perf_counter() - start
+        compiled_fn_cache["compiled"] = cf
+    out = {}
+    for kind, fn in (("eager", f), ("compiled", compiled_fn_cache["compiled"])):
+        fn(params, buffers, *batches[0])
+        start = time.perf_counter()
+        for s in range(STEPS):
+            grads, losses = fn(params, buffers, *batches[s % len(batches)])
+        losses.sum().item()
+        out[kind] = time.perf_counter() - start
+    return out
+
+
+def time_estimator(model, loader, criterion, hp, compile):
+    est = LLCEstimator(draws=DRAWS, chains=CHAINS, burnin_steps=BURNIN, **hp)
+    start = time.perf_counter()
+    est.estimate_llc(model, loader, criterion_fn=criterion, seed=0, compile=compile, show_progress=False)
+    return time.perf_counter() - start, est.get_metrics()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workloads", default="mlp,modadd,dln,transformer")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", RuntimeWarning)
+    rows = []
+    for name in args.workloads.split(","):
+        model, data, batch, criterion, hp = workload(name)
+        loader = DataLoader(data, batch_size=batch, shuffle=True)
+        batches = [b for b in DataLoader(data, batch_size=batch, shuffle=True)]
+        # one-off calls first (fresh model objects, nothing compiled in memory for them yet)
+        oneoff_auto, m_auto = time_estimator(copy.deepcopy(model), loader, criterion, hp, "auto")
+        oneoff_eager, _ = time_estimator(copy.deepcopy(model), loader, criterion, hp, False)
+        # first compiled call (compile included) on the model reused for the steady state
+        first_compiled, m_first = time_estimator(model, loader, criterion, hp, True)
+        cache: dict = {}
+        times = {"floor_eager": [], "floor_compiled": [], "est_compiled": [], "est_eager": []}
+        for _ in range(args.repeats):
+            floor = time_floor(model, batches, criterion, cache)
+            times["floor_eager"].append(floor["eager"])
+            times["floor_compiled"].append(floor["compiled"])
+            times["est_compiled"].append(time_estimator(model, loader, criterion, hp, True)[0])
+            times["est_eager"].append(time_estimator(model, loader, criterion, hp, False)[0])
+        med = {k: statistics.median(v) for k, v in times.items()}
+        floor_best = min(med["floor_eager"], med["floor_compiled"])
+        rows.append(
+            {
+                "workload": name,
+                "params": m_first["dim"],
+                **{k: 1e3 * v / STEPS for k, v in med.items()},
+                "ratio_compiled": med["est_compiled"] / floor_best,
+                "ratio_eager": med["est_eager"] / floor_best,
+                "floor_compile_s": cache["compile_seconds"],
+                "est_first_compiled_s": first_compiled,
+                "oneoff_auto_s": oneoff_auto,
+                "oneoff_eager_s": oneoff_eager,
+                "auto_compiled": m_auto["compiled"],
+            }
+        )
+        print(f"done {name}", flush=True)
+    print()
+    print(
+        "| workload | D | floor eager ms/step | floor compiled ms/step | estimator compiled ms/step | estimator eager "
+        "ms/step | compiled / floor | eager / floor | floor compile s | estimator first call (compile) s | "
+        "one-off auto s | one-off eager s | auto compiled? |"
+    )
+    print("|---" * 13 + "|")
+    for r in rows:
+        print(
+            f"| {r['workload']} | {r['params']} | {r['floor_eager']:.2f} | {r['floor_compiled']:.2f} | "
+            f"{r['est_compiled']:.2f} | {r['est_eager']:.2f} | {r['ratio_compiled']:.2f} | {r['ratio_eager']:.2f} | "
+            f"{r['floor_compile_s']:.1f} | {r['est_first_compiled_s']:.1f} | {r['oneoff_auto_s']:.2f} | "
+            f"{r['oneoff_eager_s']:.2f} | {r['auto_compiled']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Validation of the estimator against closed-form learning coefficients (``lambdahat validate``).
+
+For each case of :func:`lambdahat.truth.default_cases` the estimator runs with settings fixed here (``SETTINGS``),
+and the table reports the asymptotic truth λ and, where it is computable, the exact finite-sample *reference* the
+estimator targets at that nβ, γ and ε:
+
+- regular models: the exact SGLD stationary value ``(d/2)(2nβa/κ)/(1 − εκ/4)`` (REFERENCE.md §2);
+- potentials in one or two dimensions: the exact posterior mean of ``nβK`` under the localized posterior, by
+  quadrature (:func:`lambdahat.truth.posterior_mean_nbeta_k_numeric`), which lies below λ at finite nβ;
+- the others (reduced-rank regression, deep linear networks): λ itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import truth
+from .estimator import LLCEstimator, nbeta_from_effective_size
+
+__all__ = ["SETTINGS", "CaseSettings", "reference_value", "run_validation"]
+
+
+@dataclass(frozen=True)
+class CaseSettings:
+    """Sampler settings of one validation case."""
+
+    learning_rate: float
+    localization: float
+    draws: int = 2000
+    burnin_steps: int = 500
+    chains: int = 8
+    batch_size: int = 500
+
+
+#: Settings per case: steps small enough that the εκ/4 step bias stays at a few percent, localization weak enough
+#: to leave the singular directions free but strong enough for the chains to mix within the run.
+SETTINGS: dict[str, CaseSettings] = {
+    "regular_d10": CaseSettings(learning_rate=5e-5, localization=1.0, draws=1000, burnin_steps=300),
+    "monomial_k1_2": CaseSettings(learning_rate=1e-3, localization=100.0),
+    "normal_crossing_k1_1": CaseSettings(learning_rate=1e-3, localization=100.0),
+    "radial_d3_k2": CaseSettings(learning_rate=1e-3, localization=10.0),
+    "rrr_M4_H3_N4_r1": CaseSettings(learning_rate=1e-4, localization=10.0),
+    "dln_4-3-3-4_r1": CaseSettings(learning_rate=1e-4, localization=10.0),
+    "dln_5-4-5_r0": CaseSettings(learning_rate=1e-4, localization=10.0),
+}
+
+
+def reference_value(case: truth.TruthCase, settings: CaseSettings, nbeta: float) -> tuple[float, str]:
+    """The value λ̂ should reproduce at this nβ, γ and ε, and what it is."""
+    potential = getattr(case.model, "potential", None)
+    if case.name.startswith("regular"):
+        a = getattr(potential, "a", 1.0)
+        value = truth.regular_posterior_mean_nbeta_k(
+            case.d, a, nbeta, settings.localization, settings.learning_rate
+        )
+        return value, "exact SGLD"
+    if potential is not None and case.d <= 2:
+        value = truth.posterior_mean_nbeta_k_numeric(potential, case.d, nbeta, settings.localization)
+        return value, "exact posterior"
+    return case.true_lambda, "λ"
+
+
+def run_validation(
+    quick: bool = False, seed: int = 0, compile: bool | str = False, show_progress: bool = False
+) -> pd.DataFrame:
+    """Estimate λ̂ on every validation case and tabulate it against the truth.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per case: ``case, d, true_lambda, reference, reference_kind, llc_mean, llc_stderr, rel_error``
+        (against λ), ``z`` (``(λ̂ − reference) / stderr``), ``mala_acceptance, rhat, learning_rate, localization,
+        wall_seconds``.
+    """
+    rows = []
+    for case in truth.default_cases(quick=quick):
+        s = SETTINGS[case.name]
+        nbeta = nbeta_from_effective_size(case.n)
+        est = LLCEstimator(
+            draws=s.draws,
+            chains=s.chains,
+            burnin_steps=s.burnin_steps,
+            learning_rate=s.learning_rate,
+            localization=s.localization,
+            nbeta=nbeta,
+        )
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = est.run(
+                case.model,
+                case.loader(s.batch_size, shuffle=True, seed=seed),
+                criterion_fn=case.criterion_fn,
+                seed=seed,
+                compile=compile,
+                show_progress=show_progress,
+            )
+        wall = time.perf_counter() - start
+        ref, kind = reference_value(case, s, nbeta)
+        rows.append(
+            {
+                "case": case.name,
+                "d": case.d,
+                "true_lambda": case.true_lambda,
+                "reference": ref,
+                "reference_kind": kind,
+                "llc_mean": result.llc_mean,
+                "llc_stderr": result.llc_stderr,
+                "rel_error": (result.llc_mean - case.true_lambda) / case.true_lambda,
+                "z": (result.llc_mean - ref) / result.llc_stderr if result.llc_stderr > 0 else math.nan,
+                "mala_acceptance": result.mala_acceptance,
+                "rhat": result.rhat,
+                "learning_rate": s.learning_rate,
+                "localization": s.localization,
+                "wall_seconds": wall,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def format_table(df: pd.DataFrame) -> str:
+    """The validation table as aligned text."""
+    lines = [
+        f"{'case':24s} {'d':>3s} {'true λ':>7s} {'reference':>17s} {'λ̂ ± se':>16s} {'rel.err':>8s} "
+        f"{'z':>6s} {'accept':>6s} {'R-hat':>6s} {'time':>6s}"
+    ]
+    for r in df.itertuples():
+        lines.append(
+            f"{r.case:24s} {r.d:3d} {r.true_lambda:7.3f} {r.reference:7.3f} {r.reference_kind:>9s} "
+            f"{r.llc_mean:8.3f} ± {r.llc_stderr:5.3f} {100 * r.rel_error:7.1f}% {r.z:6.2f} "
+            f"{r.mala_acceptance:6.3f} {r.rhat:6.3f} {r.wall_seconds:5.1f}s"
+        )
+    return "\n".join(lines)
