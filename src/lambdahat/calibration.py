@@ -268,12 +268,15 @@ def calibrated_estimator(estimator: LLCEstimator, calibration: Calibration) -> L
 def _copy_estimator(est: LLCEstimator, **changes: Any) -> LLCEstimator:
     """A new estimator with the settings of ``est`` and ``changes`` (the sampler object, options bound, is kept
     unless ``sampler`` is among the changes)."""
+    # An estimator whose learning_rate is still to be calibrated ("auto") gets a placeholder: every pilot passes
+    # its own learning_rate to run().
+    lr = est.learning_rate if isinstance(est.learning_rate, int | float) else 1e-5
     kwargs = dict(
         draws=est.draws,
         chains=est.chains,
         burnin_steps=est.burnin_steps,
         steps_bw_draws=est.steps_bw_draws,
-        learning_rate=est.learning_rate,
+        learning_rate=lr,
         localization=est.localization,
         nbeta=est.nbeta,
         dtype=est.dtype,
