@@ -321,7 +321,7 @@ def run_config(
             what = f"llc_mean={_fmt(row['llc_mean'])} ± {_fmt(row['llc_std'])}"
         else:
             what = f"FAILED after {row['attempts']} attempt(s): {row['error']}"
-        echo(f"[{done[0]}] point {row['point']}: {where}: {what} ({row['wall_seconds']:.1f} s)")
+        echo(f"[{done[0]}] point {row['point']}: {where}: {what} ({row['wall_seconds']:.2f} s)")
 
     common = {
         "criterion_fn": criterion,
@@ -367,9 +367,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         plot: Annotated[bool, typer.Option(help="Also save a figure of the results as sweep.png.")] = False,
     ) -> None:
-        """Run a grid search or a checkpoint sweep from CONFIG, writing every finished point at once to
-        OUT/results.csv. Rerunning resumes: finished points are skipped, failed ones retried. Exit code 1 when
-        some point failed, 2 for a configuration error."""
+        """Run a grid search or a checkpoint sweep described by CONFIG (YAML or TOML).
+
+        Every finished point is written at once to OUT/results.csv (with the sweep's definition in
+        OUT/sweep.json). Running the same command again resumes: finished points are skipped, failed ones
+        retried. Exit code 1 when some point failed, 2 for a configuration error.
+        """
         if executor is not None and executor not in EXECUTORS:
             typer.echo(f"error: --executor must be one of {list(EXECUTORS)}; got {executor!r}.", err=True)
             raise typer.Exit(2)
