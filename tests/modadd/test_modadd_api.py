@@ -1,0 +1,68 @@
+import ast
+import doctest
+import importlib
+
+import pytest
+
+import lambdahat.modadd as modadd
+
+PUBLIC = {
+    "CircuitModel",
+    "CircuitReport",
+    "ExperimentParams",
+    "ModAddModel",
+    "ModeDoubling",
+    "Run",
+    "ablate_keep_mode",
+    "all_pairs",
+    "build_model",
+    "checkpoint_steps",
+    "classify_circuit",
+    "correct_logit_grid",
+    "distance_irrelevance",
+    "dominant_mode",
+    "evaluate",
+    "fold_mode",
+    "fourier_basis",
+    "gradient_symmetricity",
+    "load_run",
+    "make_dataset",
+    "mode_ablation_table",
+    "mode_doubling",
+    "mode_magnitudes",
+    "mode_magnitudes_over_checkpoints",
+    "mode_projector",
+    "plot_mode_ablation",
+    "plot_mode_circle",
+    "plot_mode_heatmap",
+    "plot_mode_magnitudes",
+    "plot_training_curves",
+    "project_to_modes",
+    "train",
+    "train_test_split",
+}
+
+
+def test_public_surface_is_pinned():
+    assert set(modadd.__all__) == PUBLIC
+    for name in PUBLIC:
+        assert getattr(modadd, name).__doc__, name
+
+
+@pytest.mark.parametrize("module", ["data", "model", "train", "fourier", "circuits", "plots"])
+def test_docstring_examples_run(module):
+    mod = importlib.import_module(f"lambdahat.modadd.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+def test_plots_never_use_pyplot_or_select_a_backend():
+    src = open(importlib.import_module("lambdahat.modadd.plots").__file__).read()
+    imported = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+    assert not any("pyplot" in name for name in imported)
+    assert "matplotlib.use(" not in src and ".show(" not in src
