@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 import lambdahat
 from lambdahat import LLCEstimator, LLCResult, nbeta_from_effective_size
@@ -220,3 +220,132 @@ def test_compiled_run_matches_eager_and_is_reused(classification_data):
     est.estimate_llc(model, loader, seed=1, compile="auto", show_progress=False)
     assert est.get_metrics()["compiled"] is True
     assert est.get_metrics()["compile_seconds"] == 0.0
+
+
+def test_observables_drive_the_recorded_loss_not_the_sampler(classification_data):
+    model = nn.Linear(4, 3)
+    train = DataLoader(classification_data, batch_size=32)
+    x, y = classification_data.tensors
+    other = DataLoader(TensorDataset(x + 0.5, y), batch_size=32)
+    est = LLCEstimator(**FAST)
+    base = est.run(model, train, seed=4, compile=False, show_progress=False, warn=False)
+    refined = est.run(model, train, seed=4, compile=False, show_progress=False, warn=False, observables=other)
+    # the same trajectories (driven by the training data) ...
+    torch.testing.assert_close(refined.distance, base.distance, rtol=0, atol=0)
+    # ... but losses and L0 from the observables
+    with torch.no_grad():
+        expected_l0 = F.cross_entropy(model(x + 0.5), y).item()
+    assert refined.init_loss == pytest.approx(expected_l0, rel=1e-5)
+    assert not torch.equal(refined.losses, base.losses)
+    same = est.run(model, train, seed=4, compile=False, show_progress=False, warn=False, observables=train)
+    torch.testing.assert_close(same.llcs, base.llcs, rtol=1e-5, atol=1e-6)
+
+
+def test_restricting_to_all_parameters_equals_no_restriction(tiny_model, loader):
+    est = LLCEstimator(**FAST)
+    full = est.run(tiny_model, loader, seed=2, compile=False, show_progress=False, warn=False)
+    names = [n for n, _ in tiny_model.named_parameters()]
+    restricted = est.run(
+        tiny_model, loader, seed=2, compile=False, show_progress=False, warn=False, params=names
+    )
+    torch.testing.assert_close(restricted.llcs, full.llcs, rtol=0, atol=0)
+
+
+def test_restricted_llc_samples_only_the_chosen_parameters(tiny_model, loader):
+    est = LLCEstimator(**FAST)
+    r = est.run(tiny_model, loader, seed=2, compile=False, show_progress=False, warn=False, params=["fc2.*"])
+    assert r.settings["dim"] == tiny_model.fc2.weight.numel() + tiny_model.fc2.bias.numel()
+    r2 = est.run(
+        tiny_model,
+        loader,
+        seed=2,
+        compile=False,
+        show_progress=False,
+        warn=False,
+        params=lambda name: name.startswith("fc2"),
+    )
+    torch.testing.assert_close(r.llcs, r2.llcs, rtol=0, atol=0)
+    mask = {n: n.startswith("fc2") for n, _ in tiny_model.named_parameters()}
+    r3 = est.run(tiny_model, loader, seed=2, compile=False, show_progress=False, warn=False, params=mask)
+    torch.testing.assert_close(r.llcs, r3.llcs, rtol=0, atol=0)
+
+
+def test_diverging_chains_are_reported_and_excluded():
+    from lambdahat.truth import regular_case
+
+    case = regular_case(4, n=100)
+    # on K = |w|² with nβ = 100: κ = 200, and ε κ = 8 > 4 makes SGLD explode geometrically
+    est = LLCEstimator(draws=80, chains=3, burnin_steps=0, learning_rate=0.04, localization=0.0, nbeta=100.0)
+    with pytest.warns(RuntimeWarning, match=r"chains \[0, 1, 2\] diverged"):
+        est.estimate_llc(
+            case.model,
+            case.loader(100),
+            criterion_fn=case.criterion_fn,
+            seed=0,
+            compile=False,
+            show_progress=False,
+        )
+    m = est.get_metrics()
+    assert m["diverged"].all()
+    assert ((m["divergence_step"] > 0) & (m["divergence_step"] < 80)).all()
+    assert math.isnan(m["llc_mean"])
+
+
+def test_one_diverged_chain_is_excluded_from_the_mean(tiny_model, loader):
+    from lambdahat.result import LLCResult
+
+    est = LLCEstimator(**FAST)
+    r = est.run(tiny_model, loader, seed=0, compile=False, show_progress=False, warn=False)
+    trace = torch.stack([r.loss_trace, r.loss_trace, r.loss_trace, r.loss_trace, r.loss_trace])
+    trace[0, 1, 7:] = float("nan")  # chain 1 diverges at step 7
+    with pytest.warns(RuntimeWarning, match=r"chains \[1\] diverged"):
+        bad = LLCResult.from_trace(trace, est.schedule, r.init_loss, r.nbeta, 1e-3, 10.0, 0, {})
+    assert bad.diverged.tolist() == [False, True, False, False]
+    assert bad.divergence_step.tolist() == [-1, 7, -1, -1]
+    kept = bad.llcs[[0, 2, 3]]
+    assert bad.llc_mean == pytest.approx(float(kept.mean()), rel=1e-6)
+
+
+def test_a_too_large_step_is_flagged_by_mala_acceptance():
+    from lambdahat.truth import regular_case
+
+    case = regular_case(4, n=100)  # K = |w|², κ = 2 nβ + γ ≈ 200
+    kw = dict(draws=100, chains=4, burnin_steps=20, localization=1.0, nbeta=100.0)
+    run = dict(criterion_fn=case.criterion_fn, seed=0, compile=False, show_progress=False)
+    r_small = LLCEstimator(learning_rate=1e-4, **kw).run(case.model, case.loader(100), warn=False, **run)
+    with pytest.warns(RuntimeWarning, match="MALA acceptance"):
+        r_large = LLCEstimator(learning_rate=1.5e-2, **kw).run(case.model, case.loader(100), **run)
+    assert r_small.mala_acceptance > 0.95
+    assert r_large.mala_acceptance < 0.8
+
+
+def test_a_chain_still_in_burn_in_is_flagged_as_drifting():
+    from lambdahat.truth import regular_case
+
+    # relaxation time 1/(εκ) = 5000 steps, but no burn-in and 300 draws: the loss is still climbing
+    case = regular_case(4, n=100)
+    est = LLCEstimator(
+        draws=300, chains=16, burnin_steps=0, learning_rate=1e-6, localization=0.0, nbeta=100.0
+    )
+    with pytest.warns(RuntimeWarning, match="still drifting"):
+        r = est.run(
+            case.model,
+            case.loader(100),
+            criterion_fn=case.criterion_fn,
+            seed=0,
+            compile=False,
+            show_progress=False,
+        )
+    assert r.trend_z > 4
+    settled = LLCEstimator(
+        draws=300, chains=16, burnin_steps=500, learning_rate=1e-3, localization=0.0, nbeta=100.0
+    ).run(
+        case.model,
+        case.loader(100),
+        criterion_fn=case.criterion_fn,
+        seed=0,
+        compile=False,
+        show_progress=False,
+        warn=False,
+    )
+    assert abs(settled.trend_z) < 4

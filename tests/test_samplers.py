@@ -98,6 +98,42 @@ def test_mala_acceptance_is_one_for_the_exact_reverse_of_a_quadratic_step():
     assert info.log_accept.exp().item() == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("precond", [False, True])
+def test_closed_form_acceptance_equals_the_general_mala_formula(precond):
+    from lambdahat.samplers.base import langevin_log_accept, mala_log_accept
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(4, 6, dtype=torch.float64, generator=g)
+    d_prev = 30 * torch.randn(4, 6, dtype=torch.float64, generator=g)
+    d_next = 30 * torch.randn(4, 6, dtype=torch.float64, generator=g)
+    G = (
+        torch.rand(4, 6, dtype=torch.float64, generator=g) + 0.5
+        if precond
+        else torch.ones(4, 6, dtype=torch.float64)
+    )
+    eps = torch.tensor(1e-3, dtype=torch.float64)
+    xi = torch.randn(4, 6, dtype=torch.float64, generator=g)
+    w_next = w - 0.5 * eps * G * d_prev + (eps * G).sqrt() * xi
+    general = mala_log_accept(w, w_next, d_prev, d_next, eps, G, G)
+    closed = langevin_log_accept((G * d_prev**2).sum(-1), (G * d_next**2).sum(-1), eps)
+    torch.testing.assert_close(closed, general)
+    assert (general < 0).any() and (general == 0).any()
+
+
+def test_mala_acceptance_is_exact_for_a_gaussian_target():
+    # U = κ/2 |w|²: trapezoid potential differences are exact, so this is the true MALA acceptance
+    from lambdahat.samplers.base import mala_log_accept
+
+    kappa, eps = 50.0, torch.tensor(0.01, dtype=torch.float64)
+    w = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    xi = torch.tensor([[0.7, 1.1]], dtype=torch.float64)
+    w2 = w - 0.5 * eps * kappa * w + eps.sqrt() * xi
+    u = lambda v: 0.5 * kappa * (v * v).sum(-1)  # noqa: E731
+    logq = lambda a, b: -((a - b + 0.5 * eps * kappa * b) ** 2).sum(-1) / (2 * eps)  # noqa: E731  q(a|b)
+    exact = torch.clamp(u(w) - u(w2) + logq(w, w2) - logq(w2, w), max=0)
+    torch.testing.assert_close(mala_log_accept(w, w2, kappa * w, kappa * w2, eps), exact)
+
+
 def test_rmsprop_sgld_uses_the_same_preconditioner_for_drift_and_noise():
     w_star = torch.zeros(4, dtype=torch.float64)
     theta = torch.ones(2, 4, dtype=torch.float64)

@@ -56,13 +56,23 @@ class Schedule:
         return torch.arange(self.burnin_steps, self.total_steps, self.steps_bw_draws)
 
 
-def make_step(fm: FunctionalModel, sampler: Sampler) -> Callable:
-    """The pure step ``(state, frozen, buffers, x, y, noise, hyper, ctx) -> (state, info)`` for all chains."""
-    grad_fn = vmap(grad_and_value(fm.loss), in_dims=(0, None, None, None, None))
+def make_step(fm: FunctionalModel, sampler: Sampler, observe: bool = False) -> Callable:
+    """The pure step ``(state, frozen, buffers, x, y, noise, hyper, ctx[, ox, oy]) -> (state, info)`` for all chains.
 
-    def chain_step(state, frozen, buffers, x, y, noise, hyper, ctx):
+    With ``observe`` the recorded loss (``info.loss``) is the loss on the observable batch ``(ox, oy)`` at the same
+    positions (data-refined LLC), while the sampler is still driven by ``(x, y)``.
+    """
+    in_dims = (0, None, None, None, None)
+    grad_fn = vmap(grad_and_value(fm.loss), in_dims=in_dims)
+    loss_fn = vmap(fm.loss, in_dims=in_dims)
+
+    def chain_step(state, frozen, buffers, x, y, noise, hyper, ctx, ox=None, oy=None):
         grad, loss = grad_fn(state.theta, frozen, buffers, x, y)
-        return sampler.step(state, loss, grad, noise, hyper, ctx)
+        new_state, info = sampler.step(state, loss, grad, noise, hyper, ctx)
+        if observe:
+            with torch.no_grad():
+                info = info._replace(loss=loss_fn(state.theta, frozen, buffers, ox, oy))
+        return new_state, info
 
     return chain_step
 
@@ -80,8 +90,16 @@ class StepFunction:
     inductor's on-disk caches make a compile in a new process cheaper too.
     """
 
-    def __init__(self, fm: FunctionalModel, sampler: Sampler, compiled: bool, model_key=None, signature=None):
-        self.eager = make_step(fm, sampler)
+    def __init__(
+        self,
+        fm: FunctionalModel,
+        sampler: Sampler,
+        compiled: bool,
+        model_key=None,
+        signature=None,
+        observe: bool = False,
+    ):
+        self.eager = make_step(fm, sampler, observe)
         self.compiled_fn = None
         self.first_call = True
         if compiled:
@@ -92,7 +110,7 @@ class StepFunction:
             else:
                 owner = FunctionalModel.__new__(FunctionalModel)
                 owner.__dict__.update(fm.__dict__)
-                self.compiled_fn = torch.compile(make_step(owner, sampler))
+                self.compiled_fn = torch.compile(make_step(owner, sampler, observe))
                 if model_key is not None:
                     _COMPILED.setdefault(model_key, {})[signature] = (owner, self.compiled_fn)
         self.compile_seconds = 0.0
@@ -136,8 +154,11 @@ def run_chain_batch(
     hyper: Hyper,
     ctx: Context,
     on_step: Callable[[], None] | None = None,
+    observables: DataFeed | None = None,
 ) -> torch.Tensor:
     """Run the chains ``chains`` (global indices) from ``w*`` for the whole schedule.
+
+    With ``observables`` the recorded loss is taken on its batches (see :func:`make_step`).
 
     Returns
     -------
@@ -150,9 +171,11 @@ def run_chain_batch(
     noise = ChainNoise(seed, chains, dim, fm.device, fm.param_dtype)
     trace = torch.empty(len(Info._fields), n_chains, steps, device=fm.device, dtype=fm.param_dtype)
     batches = iter(feed)
+    observed = iter(observables) if observables is not None else None
     for s in range(steps):
         x, y = next(batches)
-        state, info = step_fn(state, fm.frozen, fm.buffers, x, y, noise.draw(), hyper, ctx)
+        extra = next(observed) if observed is not None else ()
+        state, info = step_fn(state, fm.frozen, fm.buffers, x, y, noise.draw(), hyper, ctx, *extra)
         trace[:, :, s] = torch.stack(info)
         if on_step is not None:
             on_step()

@@ -35,13 +35,15 @@ def validate(
         typer.echo(f"wrote {csv}")
 
 
-def _register_optional_commands() -> None:
+def _register_commands() -> None:
+    from .modadd.cli import register as register_modadd
     from .sweeps.cli import register as register_sweep
 
+    register_modadd(app)
     register_sweep(app)
 
 
-_register_optional_commands()
+_register_commands()
 
 
 def main() -> None:

@@ -238,6 +238,7 @@ class LLCEstimator:
         compile: bool | str = "auto",
         show_progress: bool = True,
         params: str | Sequence[str] | dict[str, bool] | Callable[[str], bool] | None = None,
+        observables=None,
     ) -> torch.Tensor:
         """Run the chains and return the per-chain λ̂ (``[chains]`` float tensor on the CPU).
 
@@ -269,6 +270,9 @@ class LLCEstimator:
         params:
             Restrict sampling to these parameters (names, glob patterns, module prefixes, ``{name: bool}`` or a
             predicate); the others stay at ``w*``. ``None`` samples every parameter that requires grad.
+        observables:
+            A second loader (same batch format) on which the draw losses and ``L0`` are evaluated while the
+            sampler is driven by ``loader`` (data-refined LLC). ``nbeta=None`` still uses ``len(loader.dataset)``.
 
         Returns
         -------
@@ -286,6 +290,7 @@ class LLCEstimator:
             compile=compile,
             show_progress=show_progress,
             params=params,
+            observables=observables,
         )
         return self.result.llcs
 
@@ -301,6 +306,7 @@ class LLCEstimator:
         compile: bool | str = "auto",
         show_progress: bool = True,
         params=None,
+        observables=None,
         warn: bool = True,
         nbeta: float | None = None,
         learning_rate: float | None = None,
@@ -333,6 +339,9 @@ class LLCEstimator:
         feed0 = DataFeed(loader, unpack_fn, main.device, seed, _input_dtype(self.dtype))
         if init is None:
             init = anchor_loss_and_direction(main, feed0, self.restrict_to_orth_grad)
+            if observables is not None:
+                obs_feed0 = DataFeed(observables, unpack_fn, main.device, seed, _input_dtype(self.dtype))
+                init = (anchor_loss_and_direction(main, obs_feed0, False)[0], init[1])
         init_loss, direction = init
         if not math.isfinite(init_loss):
             raise ValueError(
@@ -390,10 +399,16 @@ class LLCEstimator:
                     self.sampler,
                     use_compile,
                     model_key=model,
-                    signature=(slot, *_signature(fm, self, criterion_fn)),
+                    signature=(slot, observables is not None, *_signature(fm, self, criterion_fn)),
+                    observe=observables is not None,
                 ),
             )
             feed = DataFeed(loader, unpack_fn, dev, seed, _input_dtype(self.dtype))
+            obs_feed = (
+                None
+                if observables is None
+                else DataFeed(observables, unpack_fn, dev, seed + 1, _input_dtype(self.dtype))
+            )
             hyper, ctx = hyper_on(dev, fm.param_dtype), ctx_on(fm)
             out = []
             for chains in per_device.get(slot, []):
@@ -408,6 +423,7 @@ class LLCEstimator:
                     hyper,
                     ctx,
                     on_step=lambda: bar.update(1),
+                    observables=obs_feed,
                 )
                 out.append((chains, trace))
             return out
@@ -474,4 +490,4 @@ def _signature(fm: FunctionalModel, est: LLCEstimator, criterion_fn) -> tuple:
 def _compiled_available(model, fm, est, criterion_fn) -> bool:
     from .chains import _COMPILED
 
-    return (0, *_signature(fm, est, criterion_fn)) in _COMPILED.get(model, {})
+    return (0, False, *_signature(fm, est, criterion_fn)) in _COMPILED.get(model, {})

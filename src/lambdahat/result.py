@@ -113,6 +113,7 @@ class LLCResult:
                 mala_acceptance=mala,
                 rhat=rhat,
                 trend=trend,
+                trend_p=diagnostics.trend_p_value(trend, int(ok.sum())),
             )
         )
         if warn:

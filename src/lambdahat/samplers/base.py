@@ -13,7 +13,16 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Context", "Hyper", "Info", "Sampler", "localized_potential", "mala_log_accept", "project"]
+__all__ = [
+    "Context",
+    "Hyper",
+    "Info",
+    "Sampler",
+    "langevin_log_accept",
+    "localized_drift",
+    "mala_log_accept",
+    "project",
+]
 
 
 class Hyper(NamedTuple):
@@ -68,10 +77,10 @@ def project(v: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
     return v - (v @ u).unsqueeze(-1) * u
 
 
-def localized_potential(
-    theta: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, hyper: Hyper, ctx: Context
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The potential of the localized tempered posterior and its gradient.
+def localized_drift(
+    theta: torch.Tensor, grad: torch.Tensor, hyper: Hyper, ctx: Context
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of the potential of the localized tempered posterior.
 
     .. math::
 
@@ -80,16 +89,11 @@ def localized_potential(
 
     Returns
     -------
-    U : ``[chains]``; drift ``∇U`` projected by ``restrict_to_orth_grad`` : ``[chains, D]``; ``w - w*`` : ``[chains, D]``.
+    drift ``∇U`` projected by ``restrict_to_orth_grad`` : ``[chains, D]``; ``w - w*`` : ``[chains, D]``.
     """
     delta = theta - ctx.w_star
-    potential = (
-        hyper.nbeta * loss
-        + 0.5 * hyper.localization * (delta * delta).sum(-1)
-        + 0.5 * hyper.weight_decay * (theta * theta).sum(-1)
-    )
     drift = hyper.nbeta * grad + hyper.localization * delta + hyper.weight_decay * theta
-    return potential, project(drift, ctx.orth_u), delta
+    return project(drift, ctx.orth_u), delta
 
 
 def finish_position(theta: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -104,8 +108,6 @@ def mala_log_accept(
     theta: torch.Tensor,
     prev_drift: torch.Tensor,
     drift: torch.Tensor,
-    prev_potential: torch.Tensor,
-    potential: torch.Tensor,
     learning_rate: torch.Tensor,
     prev_precond: torch.Tensor | float = 1.0,
     precond: torch.Tensor | float = 1.0,
@@ -116,9 +118,13 @@ def mala_log_accept(
 
     .. math::
 
-        \\log a = \\min\\Big(0,\\; U(w) - U(w') + \\log q(w|w') - \\log q(w'|w)\\Big)
+        \\log a = \\min\\Big(0,\\; U(w) - U(w') + \\log q(w|w') - \\log q(w'|w)\\Big),
+        \\qquad U(w') - U(w) \\approx \\tfrac12 \\big(\\nabla U(w) + \\nabla U(w')\\big)^\\top (w' - w)
 
-    ``prev_*`` belong to ``w``, the others to ``w'``. NaN where ``prev_potential`` is NaN (no previous step).
+    The potential difference comes from the trapezoid rule on the gradients the sampler computes anyway: exact
+    for quadratic potentials, and free of the offset between the *losses* of two different minibatches, which
+    at large nβ swamps ``U(w) - U(w')`` and drives a loss-based acceptance towards 0.5 whatever the step.
+    ``prev_*`` belong to ``w``, the others to ``w'``; NaN where ``prev_drift`` is NaN (no previous step).
     """
     step = theta - prev_theta
     half = 0.5 * learning_rate
@@ -129,5 +135,25 @@ def mala_log_accept(
     if isinstance(prev_precond, torch.Tensor):
         log_q_fwd = log_q_fwd - 0.5 * torch.log(prev_precond).sum(-1)
         log_q_bwd = log_q_bwd - 0.5 * torch.log(precond).sum(-1)
-    log_ratio = prev_potential - potential + log_q_bwd - log_q_fwd
-    return torch.clamp(log_ratio, max=0.0)
+    delta_potential = 0.5 * ((prev_drift + drift) * step).sum(-1)
+    return torch.clamp(-delta_potential + log_q_bwd - log_q_fwd, max=0.0)
+
+
+def langevin_log_accept(
+    prev_energy: torch.Tensor, energy: torch.Tensor, learning_rate: torch.Tensor
+) -> torch.Tensor:
+    """:func:`mala_log_accept` for an unclamped Langevin step, in closed form from two scalars per chain.
+
+    Substituting the step ``w' − w = −(ε/2) G ∇U(w) + sqrt(ε G) ξ`` (fixed diagonal ``G``) into
+    :func:`mala_log_accept` with the trapezoid potential difference, every noise term cancels and
+
+    .. math::
+
+        \\log a = \\min\\Big(0,\\; \\tfrac{\\varepsilon}{8}\\big(\\|\\nabla U(w)\\|_G^2
+        - \\|\\nabla U(w')\\|_G^2\\big)\\Big), \\qquad \\|v\\|_G^2 = v^\\top G v
+
+    so a sampler needs to keep only the previous ``energy = ||∇U||²_G`` (``[chains]``), not the previous position
+    and drift. Exact under these assumptions (tests check it against :func:`mala_log_accept`); with a bounding box
+    that clamps the step, or a preconditioner that changed during the step, it is an approximation.
+    """
+    return torch.clamp(0.125 * learning_rate * (prev_energy - energy), max=0.0)

@@ -6,7 +6,7 @@
     w \\leftarrow w - \\frac{\\varepsilon}{2}\\, G \\odot \\nabla U(w) + \\sqrt{\\varepsilon G} \\odot \\mathcal N(0, I)
 
 where ``g = ∇U(w)`` is the drift of the localized potential (see
-:func:`~lambdahat.samplers.base.localized_potential`) and ``V`` starts at ``g ⊙ g`` of the first step. Drift and
+:func:`~lambdahat.samplers.base.localized_drift`) and ``V`` starts at ``g ⊙ g`` of the first step. Drift and
 noise see the same ``G`` and the same ε.
 
 ``V`` adapts only during the first ``adapt_steps`` steps (the estimator passes its ``burnin_steps``) and is frozen
@@ -30,8 +30,8 @@ from .base import (
     Info,
     Sampler,
     finish_position,
-    localized_potential,
-    mala_log_accept,
+    langevin_log_accept,
+    localized_drift,
     project,
 )
 
@@ -43,23 +43,16 @@ class State(NamedTuple):
 
     theta: torch.Tensor
     square_avg: torch.Tensor
-    prev_theta: torch.Tensor
-    prev_drift: torch.Tensor
-    prev_potential: torch.Tensor
-    prev_precond: torch.Tensor
+    prev_energy: torch.Tensor
     count: torch.Tensor
 
 
 def init(theta: torch.Tensor) -> State:
-    """Start every chain at ``theta``; ``V`` is NaN until the first gradient arrives."""
-    nan = torch.full(theta.shape[:1], math.nan, device=theta.device, dtype=theta.dtype)
+    """Start every chain at ``theta``; ``V`` and the previous energy are NaN until the first gradient arrives."""
     return State(
         theta.clone(),
         torch.full_like(theta, math.nan),
-        theta.clone(),
-        torch.zeros_like(theta),
-        nan,
-        torch.ones_like(theta),
+        torch.full(theta.shape[:1], math.nan, device=theta.device, dtype=theta.dtype),
         torch.zeros(theta.shape[:1], device=theta.device, dtype=theta.dtype),
     )
 
@@ -77,29 +70,20 @@ def step(
 ) -> tuple[State, Info]:
     """One preconditioned step for all chains (arguments as in :func:`lambdahat.samplers.sgld.step`)."""
     theta = state.theta
-    potential, drift, delta = localized_potential(theta, loss, grad, hyper, ctx)
+    drift, delta = localized_drift(theta, grad, hyper, ctx)
     sq = drift * drift
     adapted = torch.where(torch.isnan(state.square_avg), sq, alpha * state.square_avg + (1 - alpha) * sq)
     adapting = (state.count < adapt_steps) | torch.isnan(state.square_avg[:, :1]).squeeze(-1)
     square_avg = torch.where(adapting.unsqueeze(-1), adapted, state.square_avg)
     precond = 1.0 / (square_avg.sqrt() + eps)
-    log_accept = mala_log_accept(
-        state.prev_theta,
-        theta,
-        state.prev_drift,
-        drift,
-        state.prev_potential,
-        potential,
-        hyper.learning_rate,
-        state.prev_precond,
-        precond,
-    )
+    energy = (precond * drift * drift).sum(-1)
+    log_accept = langevin_log_accept(state.prev_energy, energy, hyper.learning_rate)
     kick = project(noise * (hyper.learning_rate * precond).sqrt(), ctx.orth_u)
     new_theta = finish_position(
         theta - 0.5 * hyper.learning_rate * project(precond * drift, ctx.orth_u) + kick, ctx
     )
     info = Info(loss, log_accept, grad.norm(dim=-1), kick.norm(dim=-1), delta.norm(dim=-1))
-    return State(new_theta, square_avg, theta, drift, potential, precond, state.count + 1), info
+    return State(new_theta, square_avg, energy, state.count + 1), info
 
 
 def build(alpha: float = 0.99, eps: float = 1e-1, adapt_steps: int = 100) -> Sampler:

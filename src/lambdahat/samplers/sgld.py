@@ -22,8 +22,8 @@ from .base import (
     Info,
     Sampler,
     finish_position,
-    localized_potential,
-    mala_log_accept,
+    langevin_log_accept,
+    localized_drift,
     project,
 )
 
@@ -31,18 +31,16 @@ __all__ = ["State", "build", "init", "step"]
 
 
 class State(NamedTuple):
-    """Chain positions ``theta`` ``[chains, D]`` and what the MALA diagnostic needs of the previous step."""
+    """Chain positions ``theta`` ``[chains, D]`` and ``||∇U||²`` of the previous step ``[chains]`` (for the MALA
+    diagnostic, see :func:`~lambdahat.samplers.base.langevin_log_accept`)."""
 
     theta: torch.Tensor
-    prev_theta: torch.Tensor
-    prev_drift: torch.Tensor
-    prev_potential: torch.Tensor
+    prev_energy: torch.Tensor
 
 
 def init(theta: torch.Tensor) -> State:
-    """Start every chain at ``theta`` ``[chains, D]`` (a copy is taken)."""
-    nan = torch.full(theta.shape[:1], math.nan, device=theta.device, dtype=theta.dtype)
-    return State(theta.clone(), theta.clone(), torch.zeros_like(theta), nan)
+    """Start every chain at ``theta`` ``[chains, D]`` (a copy is taken; no previous step yet: NaN energy)."""
+    return State(theta.clone(), torch.full(theta.shape[:1], math.nan, device=theta.device, dtype=theta.dtype))
 
 
 def step(
@@ -62,10 +60,9 @@ def step(
         See :class:`~lambdahat.samplers.base.Hyper` and :class:`~lambdahat.samplers.base.Context`.
     """
     theta = state.theta
-    potential, drift, delta = localized_potential(theta, loss, grad, hyper, ctx)
-    log_accept = mala_log_accept(
-        state.prev_theta, theta, state.prev_drift, drift, state.prev_potential, potential, hyper.learning_rate
-    )
+    drift, delta = localized_drift(theta, grad, hyper, ctx)
+    energy = (drift * drift).sum(-1)
+    log_accept = langevin_log_accept(state.prev_energy, energy, hyper.learning_rate)
     kick = project(noise, ctx.orth_u) * hyper.learning_rate.sqrt()
     new_theta = finish_position(theta - 0.5 * hyper.learning_rate * drift + kick, ctx)
     info = Info(
@@ -75,7 +72,7 @@ def step(
         noise_norm=kick.norm(dim=-1),
         distance=delta.norm(dim=-1),
     )
-    return State(new_theta, theta, drift, potential), info
+    return State(new_theta, energy), info
 
 
 def build() -> Sampler:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Context, Hyper, Info, Sampler, finish_position, localized_potential, project
+from .base import Context, Hyper, Info, Sampler, finish_position, localized_drift, project
 
 __all__ = ["State", "build", "init", "step"]
 
@@ -54,7 +54,7 @@ def step(
 ) -> tuple[State, Info]:
     """One SGNHT step for all chains (arguments as in :func:`lambdahat.samplers.sgld.step`)."""
     h = hyper.learning_rate.sqrt()
-    _, drift, delta = localized_potential(state.theta, loss, grad, hyper, ctx)
+    drift, delta = localized_drift(state.theta, grad, hyper, ctx)
     kick = project(noise, ctx.orth_u) * (2 * diffusion * h).sqrt()
     momentum = state.momentum - h * state.thermostat.unsqueeze(-1) * state.momentum - h * drift + kick
     theta = finish_position(state.theta + h * momentum, ctx)
