@@ -17,14 +17,24 @@ from lambdahat import LLCEstimator, LLCResult, nbeta_from_effective_size
 
 
 def test_public_surface_is_pinned():
-    expected = {
+    assert set(lambdahat.__all__) == {
+        "Calibration",
+        "CalibrationError",
+        "GridSearchConfig",
         "LLCEstimator",
+        "LLCGridSearch",
         "LLCResult",
         "Sampler",
-        "nbeta_from_effective_size",
         "__version__",
+        "calibrate",
+        "calibrated_estimator",
+        "llc_over_checkpoints",
+        "nbeta_from_effective_size",
+        "plot_diagnostics",
+        "plot_grid",
+        "plot_llc_over_checkpoints",
+        "plot_trace",
     }
-    assert expected <= set(lambdahat.__all__)
     for name in lambdahat.__all__:
         assert hasattr(lambdahat, name)
 

@@ -5,7 +5,7 @@ Each test states its tolerance:
 - where the exact target at the run's nβ, γ and ε is known (regular model: the SGLD stationary value; low-dimensional
   and radial potentials: the posterior mean by quadrature), the estimate must lie within 4 Monte Carlo standard
   errors (the spread of independent per-chain estimates / sqrt(chains)), plus, for singular potentials, 5 % for the
-  finite-step bias, which has no closed form there (MALA acceptance ≥ 0.98 in these runs keeps it small);
+  finite-step bias, which has no closed form there (MALA acceptance > 0.98 in these runs keeps it small);
 - where only the asymptotic λ is known (reduced-rank regression, deep linear networks), the tolerance is the
   published accuracy we must beat: devinterp accepts 40 % on reduced-rank regression and Lau et al. report
   6–44 % underestimates; we require 15 % for reduced-rank regression and 20 % for the deep linear network.
@@ -18,8 +18,7 @@ import warnings
 
 import pytest
 
-from lambdahat import LLCEstimator, nbeta_from_effective_size
-from lambdahat import truth
+from lambdahat import LLCEstimator, nbeta_from_effective_size, truth
 from lambdahat.validation import radial_posterior_mean
 
 pytestmark = pytest.mark.slow
@@ -61,7 +60,7 @@ def test_regular_model_matches_the_exact_sgld_value():
 def test_radial_potential_matches_the_exact_posterior_mean():
     case = truth.radial_case(3, 2)
     gamma = 1.0
-    r = estimate(case, learning_rate=1e-3, localization=gamma, draws=2000, burnin_steps=500)
+    r = estimate(case, learning_rate=5e-4, localization=gamma, draws=3000, burnin_steps=500)
     exact = radial_posterior_mean(3, 2, nbeta_from_effective_size(case.n), gamma)
     assert r.mala_acceptance > 0.98
     assert abs(r.llc_mean - exact) < 4 * r.llc_stderr + 0.05 * exact, (r.llc_mean, exact, r.llc_stderr)
@@ -80,13 +79,13 @@ def test_monomials_match_the_exact_posterior_mean(k):
 
 def test_reduced_rank_regression_is_within_15_percent():
     case = truth.reduced_rank_case(4, 3, 4, 1)
-    r = estimate(case, learning_rate=1e-4, localization=10.0, draws=1500, burnin_steps=500, chains=8)
+    r = estimate(case, learning_rate=1e-4, localization=1.0, draws=1500, burnin_steps=1000, chains=8)
     assert abs(r.llc_mean - case.true_lambda) / case.true_lambda < 0.15, r.llc_mean
 
 
 def test_deep_linear_network_is_within_20_percent():
     case = truth.deep_linear_case([5, 4, 5], 0)
-    r = estimate(case, learning_rate=1e-4, localization=10.0, draws=1500, burnin_steps=500, chains=8)
+    r = estimate(case, learning_rate=1e-4, localization=1.0, draws=1500, burnin_steps=1000, chains=8)
     assert abs(r.llc_mean - case.true_lambda) / case.true_lambda < 0.20, r.llc_mean
 
 

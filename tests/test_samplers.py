@@ -13,9 +13,9 @@ from lambdahat import LLCEstimator
 from lambdahat.samplers import Context, Hyper, get_sampler, rmsprop_sgld, sgld, sgnht
 
 
-def hyper(lr=0.1, nbeta=10.0, gamma=2.0, wd=0.0):
+def hyper(lr=0.1, nbeta=10.0, gamma=2.0):
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-    return Hyper(t(lr), t(nbeta), t(gamma), t(wd))
+    return Hyper(t(lr), t(nbeta), t(gamma))
 
 
 def test_sgld_step_is_exactly_the_langevin_update():
@@ -25,9 +25,9 @@ def test_sgld_step_is_exactly_the_langevin_update():
     grad = torch.randn(3, 5, dtype=torch.float64, generator=g)
     noise = torch.randn(3, 5, dtype=torch.float64, generator=g)
     loss = torch.rand(3, dtype=torch.float64, generator=g)
-    h = hyper(lr=0.01, nbeta=50.0, gamma=3.0, wd=0.5)
+    h = hyper(lr=0.01, nbeta=50.0, gamma=3.0)
     state = sgld.init(theta)
-    new, info = sgld.step(state, loss, grad, noise, h, Context(w_star, None, None))
+    new, info = sgld.step(state, loss, grad, noise, h, Context(w_star, None, None, 0.5))
     expected = theta - 0.005 * (50.0 * grad + 3.0 * (theta - w_star) + 0.5 * theta) + math.sqrt(0.01) * noise
     torch.testing.assert_close(new.theta, expected)
     torch.testing.assert_close(info.loss, loss)

@@ -1,12 +1,42 @@
 """lambdahat: fast, reproducible, diagnosed estimates of the local learning coefficient (LLC, λ̂).
 
-The public surface is re-exported here; everything else lives in modules with one job each.
+The public surface is re-exported here; everything else lives in modules with one job each:
+``estimator`` (LLCEstimator), ``samplers`` (SGLD, RMSProp-SGLD, SGNHT), ``chains`` (the vmapped runner),
+``result`` / ``diagnostics`` (LLCResult, R-hat, ESS, MALA acceptance, divergence), ``calibration`` (automatic step
+size), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``plotting``, ``truth`` (closed-form
+learning coefficients and their models), ``validation`` and ``modadd`` (the modular-addition toolkit).
 """
 
+from .calibration import Calibration, CalibrationError, calibrate, calibrated_estimator
 from .estimator import LLCEstimator, nbeta_from_effective_size
+from .plotting import plot_diagnostics, plot_trace
 from .result import LLCResult
 from .samplers import Sampler
+from .sweeps import (
+    GridSearchConfig,
+    LLCGridSearch,
+    llc_over_checkpoints,
+    plot_grid,
+    plot_llc_over_checkpoints,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["LLCEstimator", "LLCResult", "Sampler", "__version__", "nbeta_from_effective_size"]
+__all__ = [
+    "Calibration",
+    "CalibrationError",
+    "GridSearchConfig",
+    "LLCEstimator",
+    "LLCGridSearch",
+    "LLCResult",
+    "Sampler",
+    "__version__",
+    "calibrate",
+    "calibrated_estimator",
+    "llc_over_checkpoints",
+    "nbeta_from_effective_size",
+    "plot_diagnostics",
+    "plot_grid",
+    "plot_llc_over_checkpoints",
+    "plot_trace",
+]

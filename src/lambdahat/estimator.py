@@ -126,6 +126,8 @@ class LLCEstimator:
         Steps between consecutive draws (default 1).
     learning_rate:
         Step size ε (default 1e-5). Too large diverges or lowers MALA acceptance; too small does not mix.
+        ``"auto"``: chosen before every run by :func:`lambdahat.calibrate` from short pilot runs (at most 30 % of
+        the run's cost); the choice and its evidence are in ``get_metrics()["calibration"]``.
     localization:
         γ, strength of the pull towards ``w*`` (default 100).
     nbeta:
@@ -186,12 +188,15 @@ class LLCEstimator:
         self.draws, self.burnin_steps, self.steps_bw_draws = draws, burnin_steps, steps_bw_draws
         self.chains = _positive_int("chains", chains)
         if isinstance(learning_rate, str):
-            raise ValueError(
-                "LLCEstimator: learning_rate='auto' is chosen by lambdahat.calibrate; pass a float step size."
-            )
-        self.learning_rate = _non_negative("learning_rate", learning_rate)
-        if self.learning_rate == 0:
-            raise ValueError("LLCEstimator: learning_rate must be > 0; got 0.")
+            if learning_rate != "auto":
+                raise ValueError(
+                    f"LLCEstimator: learning_rate must be a positive float or 'auto'; got {learning_rate!r}."
+                )
+            self.learning_rate: float | str = "auto"
+        else:
+            self.learning_rate = _non_negative("learning_rate", learning_rate)
+            if self.learning_rate == 0:
+                raise ValueError("LLCEstimator: learning_rate must be > 0; got 0.")
         self.localization = _non_negative("localization", localization)
         self.nbeta = None if nbeta is None else _non_negative("nbeta", nbeta)
         if self.nbeta == 0:
@@ -327,6 +332,23 @@ class LLCEstimator:
             _positive_int("chain_batch", chain_batch)
         seed = resolve_seed(seed)
         nbeta = self._resolve_nbeta(loader) if nbeta is None else _non_negative("nbeta", nbeta)
+        calibration = None
+        if learning_rate is None and self.learning_rate == "auto":
+            from .calibration import calibrate
+
+            calibration = calibrate(
+                model,
+                loader,
+                self,
+                criterion_fn=criterion_fn,
+                unpack_fn=unpack_fn,
+                devices=devices,
+                seed=seed,
+                params=params,
+                chain_batch=chain_batch,
+                show_progress=show_progress,
+            )
+            learning_rate = calibration.learning_rate
         lr = self.learning_rate if learning_rate is None else _non_negative("learning_rate", learning_rate)
         gamma = self.localization if localization is None else _non_negative("localization", localization)
         sampled = select_parameters(model, params)
@@ -357,11 +379,11 @@ class LLCEstimator:
 
         def hyper_on(dev, dtype):
             t = lambda v: torch.tensor(v, device=dev, dtype=dtype)  # noqa: E731
-            return Hyper(t(lr), t(nbeta), t(gamma), t(self.weight_decay))
+            return Hyper(t(lr), t(nbeta), t(gamma))
 
         def ctx_on(fm):
             u = None if direction is None else direction.to(fm.device)
-            return Context(fm.w_star, u, self.bounding_box_size)
+            return Context(fm.w_star, u, self.bounding_box_size, self.weight_decay)
 
         rounds = max(len(b) for b in per_device.values())
         if compile == "auto":
@@ -454,6 +476,7 @@ class LLCEstimator:
             "compiled": compiled,
             "compile_seconds": sum(s.compile_seconds for s in steppers.values()),
             "sampled_parameters": len(sampled),
+            "calibration": None if calibration is None else str(calibration),
             "dim": main.layout.dim,
         }
         return LLCResult.from_trace(

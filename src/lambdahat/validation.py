@@ -44,12 +44,12 @@ class CaseSettings:
 #: to leave the singular directions free but strong enough for the chains to mix within the run.
 SETTINGS: dict[str, CaseSettings] = {
     "regular_d10": CaseSettings(learning_rate=5e-5, localization=1.0, draws=1000, burnin_steps=300),
-    "monomial_k1_2": CaseSettings(learning_rate=1e-3, localization=100.0),
-    "normal_crossing_k1_1": CaseSettings(learning_rate=1e-3, localization=100.0),
-    "radial_d3_k2": CaseSettings(learning_rate=1e-3, localization=10.0),
-    "rrr_M4_H3_N4_r1": CaseSettings(learning_rate=1e-4, localization=10.0),
-    "dln_4-3-3-4_r1": CaseSettings(learning_rate=1e-4, localization=10.0),
-    "dln_5-4-5_r0": CaseSettings(learning_rate=1e-4, localization=10.0),
+    "monomial_k1_2": CaseSettings(learning_rate=1e-3, localization=10.0),
+    "normal_crossing_k1_1": CaseSettings(learning_rate=1e-3, localization=10.0),
+    "radial_d3_k2": CaseSettings(learning_rate=5e-4, localization=1.0, draws=3000),
+    "rrr_M4_H3_N4_r1": CaseSettings(learning_rate=1e-4, localization=1.0, burnin_steps=1000),
+    "dln_4-3-3-4_r1": CaseSettings(learning_rate=1e-4, localization=1.0, burnin_steps=1000),
+    "dln_5-4-5_r0": CaseSettings(learning_rate=1e-4, localization=1.0, burnin_steps=1000),
 }
 
 

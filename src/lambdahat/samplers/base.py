@@ -26,25 +26,24 @@ __all__ = [
 
 
 class Hyper(NamedTuple):
-    """Hyperparameters that may change between runs without recompiling (0-d tensors).
-
-    ``learning_rate`` is ε, ``nbeta`` is nβ, ``localization`` is γ, ``weight_decay`` is the coefficient of the
-    optional ``(wd/2)||w||²`` term of the potential.
-    """
+    """Hyperparameters that may change between runs without recompiling (0-d tensors): ``learning_rate`` is ε,
+    ``nbeta`` is nβ, ``localization`` is γ."""
 
     learning_rate: torch.Tensor
     nbeta: torch.Tensor
     localization: torch.Tensor
-    weight_decay: torch.Tensor
 
 
 class Context(NamedTuple):
-    """Fixed tensors of a run: the anchor ``w*`` ``[D]``, the unit gradient direction ``u`` ``[D]`` removed by
-    ``restrict_to_orth_grad`` (or ``None``) and the half-width of the optional bounding box around ``w*``."""
+    """Fixed settings of a run: the anchor ``w*`` ``[D]``, the unit gradient direction ``u`` ``[D]`` removed by
+    ``restrict_to_orth_grad`` (or ``None``), the half-width of the optional bounding box around ``w*`` and the
+    coefficient ``wd`` of the optional ``(wd/2)||w||²`` term of the potential (Python numbers: a step compiled
+    for one setting is specialised to it)."""
 
     w_star: torch.Tensor
-    orth_u: torch.Tensor | None
-    box: float | None
+    orth_u: torch.Tensor | None = None
+    box: float | None = None
+    weight_decay: float = 0.0
 
 
 class Info(NamedTuple):
@@ -92,7 +91,9 @@ def localized_drift(
     drift ``∇U`` projected by ``restrict_to_orth_grad`` : ``[chains, D]``; ``w - w*`` : ``[chains, D]``.
     """
     delta = theta - ctx.w_star
-    drift = hyper.nbeta * grad + hyper.localization * delta + hyper.weight_decay * theta
+    drift = torch.addcmul(grad * hyper.nbeta, delta, hyper.localization)
+    if ctx.weight_decay:
+        drift = drift.add(theta, alpha=ctx.weight_decay)
     return project(drift, ctx.orth_u), delta
 
 

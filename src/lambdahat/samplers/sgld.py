@@ -61,18 +61,24 @@ def step(
     """
     theta = state.theta
     drift, delta = localized_drift(theta, grad, hyper, ctx)
-    energy = (drift * drift).sum(-1)
+    energy = torch.linalg.vector_norm(drift, dim=-1).square()
     log_accept = langevin_log_accept(state.prev_energy, energy, hyper.learning_rate)
-    kick = project(noise, ctx.orth_u) * hyper.learning_rate.sqrt()
-    new_theta = finish_position(theta - 0.5 * hyper.learning_rate * drift + kick, ctx)
+    scale = hyper.learning_rate.sqrt()
+    if ctx.orth_u is None:
+        noise_norm = torch.linalg.vector_norm(noise, dim=-1) * scale
+        new_theta = torch.addcmul(theta, drift, -0.5 * hyper.learning_rate).addcmul_(noise, scale)
+    else:
+        kick = project(noise, ctx.orth_u) * scale
+        noise_norm = torch.linalg.vector_norm(kick, dim=-1)
+        new_theta = torch.addcmul(theta, drift, -0.5 * hyper.learning_rate).add_(kick)
     info = Info(
         loss=loss,
         log_accept=log_accept,
-        grad_norm=grad.norm(dim=-1),
-        noise_norm=kick.norm(dim=-1),
-        distance=delta.norm(dim=-1),
+        grad_norm=torch.linalg.vector_norm(grad, dim=-1),
+        noise_norm=noise_norm,
+        distance=torch.linalg.vector_norm(delta, dim=-1),
     )
-    return State(new_theta, energy), info
+    return State(finish_position(new_theta, ctx), energy), info
 
 
 def build() -> Sampler:
