@@ -119,7 +119,7 @@ class DataFeed:
 
     def _batches_of_pass(self, pass_index: int) -> Iterator[Any]:
         with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_pass_seed(self.seed, pass_index))
+            torch.default_generator.manual_seed(_pass_seed(self.seed, pass_index))
             if self.fast:
                 tensors = self.loader.dataset.tensors
                 index_lists = list(iter(self.loader.batch_sampler))
