@@ -17,7 +17,7 @@ Every time is the median of ``--repeats`` interleaved repeats; ratios are taken 
 
 Usage::
 
-    python benchmarks/estimator_speed.py [--repeats 3] [--workloads mlp,modadd,dln,transformer]
+    python benchmarks/estimator_speed.py [--repeats 3] [--workloads mlp,modadd,dln,transformer] [--threads N]
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def time_floor(model, batches, criterion, compiled_fn_cache):
         fn(params, buffers, *batches[0])
         start = time.perf_counter()
         for s in range(STEPS):
-            grads, losses = fn(params, buffers, *batches[s % len(batches)])
+            _grads, losses = fn(params, buffers, *batches[s % len(batches)])
         losses.sum().item()
         out[kind] = time.perf_counter() - start
     return out
@@ -168,7 +168,11 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workloads", default="mlp,modadd,dln,transformer")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     warnings.simplefilter("ignore", RuntimeWarning)
     rows = []
     for name in args.workloads.split(","):
