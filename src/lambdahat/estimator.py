@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -27,9 +26,9 @@ from .chains import (
     Schedule,
     StepFunction,
     predicted_eager_seconds,
-    run_chain_batch,
 )
 from .data import DataFeed, dataset_size
+from .devices import SlotJob, plan_chain_batches, run_slots
 from .functional import FunctionalModel, select_parameters
 from .result import LLCResult
 from .rng import resolve_seed
@@ -370,53 +369,38 @@ class LLCEstimator:
                 f"estimate_llc: the loss at w* is {init_loss}; the model must have a finite loss on the data."
             )
 
-        # Chain batches, spread round-robin over the devices.
-        size = chain_batch or math.ceil(self.chains / len(dev_list))
-        batches = [list(range(i, min(i + size, self.chains))) for i in range(0, self.chains, size)]
-        per_device: dict[int, list[list[int]]] = {}
-        for k, chains in enumerate(batches):
-            per_device.setdefault(k % len(dev_list), []).append(chains)
+        plan = plan_chain_batches(self.chains, chain_batch, len(dev_list))
 
-        def hyper_on(dev, dtype):
-            t = lambda v: torch.tensor(v, device=dev, dtype=dtype)  # noqa: E731
+        def hyper_on(fm: FunctionalModel) -> Hyper:
+            t = lambda v: torch.tensor(v, device=fm.device, dtype=fm.param_dtype)  # noqa: E731
             return Hyper(t(lr), t(nbeta), t(gamma))
 
-        def ctx_on(fm):
+        def ctx_on(fm: FunctionalModel) -> Context:
             u = None if direction is None else direction.to(fm.device)
             return Context(fm.w_star, u, self.bounding_box_size, self.weight_decay)
 
-        rounds = max(len(b) for b in per_device.values())
         if compile == "auto":
-            cached = _compiled_available(model, main, self, criterion_fn)
-            if cached:
-                use_compile = True
-            else:
-                predicted = (
-                    predicted_eager_seconds(
-                        main,
-                        self.sampler,
-                        len(batches[0]),
-                        feed0,
-                        hyper_on(main.device, main.param_dtype),
-                        ctx_on(main),
-                        self.schedule.total_steps,
-                    )
-                    * rounds
+            use_compile = _compiled_available(model, main, self, criterion_fn) or (
+                predicted_eager_seconds(
+                    main,
+                    self.sampler,
+                    len(plan[0][0]),
+                    feed0,
+                    hyper_on(main),
+                    ctx_on(main),
+                    self.schedule.total_steps,
                 )
-                use_compile = predicted > AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS
+                * max(len(batches) for batches in plan.values())
+                > AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS
+            )
         else:
             use_compile = bool(compile)
 
-        total_steps = self.schedule.total_steps * len(batches)
-        bar = tqdm(total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False)
-        steppers = {}
-
-        def run_device(slot: int) -> list[tuple[list[int], torch.Tensor]]:
-            dev = dev_list[slot]
-            fm = fms[slot]
-            stepper = steppers.setdefault(
-                slot,
-                StepFunction(
+        in_dtype = _input_dtype(self.dtype)
+        jobs = [
+            SlotJob(
+                fm=fm,
+                step_fn=StepFunction(
                     fm,
                     self.sampler,
                     use_compile,
@@ -424,44 +408,20 @@ class LLCEstimator:
                     signature=(slot, observables is not None, *_signature(fm, self, criterion_fn)),
                     observe=observables is not None,
                 ),
-            )
-            feed = DataFeed(loader, unpack_fn, dev, seed, _input_dtype(self.dtype))
-            obs_feed = (
-                None
+                feed=DataFeed(loader, unpack_fn, fm.device, seed, in_dtype),
+                observables=None
                 if observables is None
-                else DataFeed(observables, unpack_fn, dev, seed + 1, _input_dtype(self.dtype))
+                else DataFeed(observables, unpack_fn, fm.device, seed + 1, in_dtype),
+                hyper=hyper_on(fm),
+                ctx=ctx_on(fm),
             )
-            hyper, ctx = hyper_on(dev, fm.param_dtype), ctx_on(fm)
-            out = []
-            for chains in per_device.get(slot, []):
-                trace = run_chain_batch(
-                    stepper,
-                    fm,
-                    self.sampler,
-                    chains,
-                    feed,
-                    seed,
-                    self.schedule,
-                    hyper,
-                    ctx,
-                    on_step=lambda: bar.update(1),
-                    observables=obs_feed,
-                )
-                out.append((chains, trace))
-            return out
-
-        try:
-            slots = sorted(per_device)
-            if len(slots) == 1:
-                pieces = run_device(slots[0])
-            else:
-                with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-                    pieces = [p for part in pool.map(run_device, slots) for p in part]
-        finally:
-            bar.close()
-        pieces.sort(key=lambda item: item[0][0])
-        trace = torch.cat([t for _, t in pieces], dim=1)
-        compiled = any(s.is_compiled for s in steppers.values())
+            for slot, fm in enumerate(fms)
+        ]
+        total_steps = self.schedule.total_steps * sum(len(batches) for batches in plan.values())
+        with tqdm(
+            total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False
+        ) as bar:
+            trace = run_slots(jobs, plan, self.sampler, seed, self.schedule, on_step=lambda: bar.update(1))
         settings = {
             "sampler": self.sampler.name,
             "chains": self.chains,
@@ -472,9 +432,9 @@ class LLCEstimator:
             "restrict_to_orth_grad": self.restrict_to_orth_grad,
             "dtype": str(self.dtype).replace("torch.", ""),
             "devices": [str(d) for d in dev_list],
-            "chain_batch": size,
-            "compiled": compiled,
-            "compile_seconds": sum(s.compile_seconds for s in steppers.values()),
+            "chain_batch": len(plan[0][0]),
+            "compiled": any(job.step_fn.is_compiled for job in jobs),
+            "compile_seconds": sum(job.step_fn.compile_seconds for job in jobs),
             "sampled_parameters": len(sampled),
             "calibration": None if calibration is None else str(calibration),
             "dim": main.layout.dim,
