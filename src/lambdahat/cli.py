@@ -20,15 +20,21 @@ def validate(
     seed: int = typer.Option(0, help="Master seed of every run."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="Compile the sampler step."),
     csv: str | None = typer.Option(None, help="Also write the table to this CSV file."),
+    calibrate: bool = typer.Option(
+        False,
+        "--calibrate",
+        help="Choose each case's step size with lambdahat.calibrate (learning_rate='auto').",
+    ),
 ) -> None:
     """Estimate λ̂ on models with known learning coefficients and print the table.
 
     Columns: case, d, true λ, the exact finite-sample reference where one is known, λ̂ ± standard error, relative
-    error against λ, z-score against the reference, mean MALA acceptance, R-hat and wall time.
+    error against λ, z-score against the reference, the step size used, mean MALA acceptance, R-hat, ESS, diverged
+    chains and wall time.
     """
     from .validation import format_table, run_validation
 
-    df = run_validation(quick=quick, seed=seed, compile=compile)
+    df = run_validation(quick=quick, seed=seed, compile=compile, calibrate=calibrate)
     typer.echo(format_table(df))
     if csv:
         df.to_csv(csv, index=False)

@@ -14,6 +14,7 @@ estimator targets at that nβ, γ and ε:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -87,16 +88,29 @@ def reference_value(case: truth.TruthCase, settings: CaseSettings, nbeta: float)
 
 
 def run_validation(
-    quick: bool = False, seed: int = 0, compile: bool | str = False, show_progress: bool = False
+    quick: bool = False,
+    seed: int = 0,
+    compile: bool | str = False,
+    show_progress: bool = False,
+    calibrate: bool = False,
 ) -> pd.DataFrame:
     """Estimate λ̂ on every validation case and tabulate it against the truth.
+
+    Parameters
+    ----------
+    quick:
+        Only the three cases of ``truth.default_cases(quick=True)``.
+    seed, compile, show_progress:
+        Passed to the estimator.
+    calibrate:
+        Choose ε per case with :func:`lambdahat.calibrate` (``learning_rate="auto"``) instead of ``SETTINGS``.
 
     Returns
     -------
     pandas.DataFrame
         One row per case: ``case, d, true_lambda, reference, reference_kind, llc_mean, llc_stderr, rel_error``
-        (against λ), ``z`` (``(λ̂ − reference) / stderr``), ``mala_acceptance, rhat, learning_rate, localization,
-        wall_seconds``.
+        (against λ), ``z`` (``(λ̂ − reference) / stderr``), ``mala_acceptance, rhat, ess, n_diverged,
+        learning_rate`` (the one used), ``localization, wall_seconds``.
     """
     rows = []
     for case in truth.default_cases(quick=quick):
@@ -106,7 +120,7 @@ def run_validation(
             draws=s.draws,
             chains=s.chains,
             burnin_steps=s.burnin_steps,
-            learning_rate=s.learning_rate,
+            learning_rate="auto" if calibrate else s.learning_rate,
             localization=s.localization,
             nbeta=nbeta,
         )
@@ -122,7 +136,7 @@ def run_validation(
                 show_progress=show_progress,
             )
         wall = time.perf_counter() - start
-        ref, kind = reference_value(case, s, nbeta)
+        ref, kind = reference_value(case, dataclasses.replace(s, learning_rate=result.learning_rate), nbeta)
         rows.append(
             {
                 "case": case.name,
@@ -136,7 +150,9 @@ def run_validation(
                 "z": (result.llc_mean - ref) / result.llc_stderr if result.llc_stderr > 0 else math.nan,
                 "mala_acceptance": result.mala_acceptance,
                 "rhat": result.rhat,
-                "learning_rate": s.learning_rate,
+                "ess": result.ess,
+                "n_diverged": int(result.diverged.sum()),
+                "learning_rate": result.learning_rate,
                 "localization": s.localization,
                 "wall_seconds": wall,
             }
@@ -148,12 +164,13 @@ def format_table(df: pd.DataFrame) -> str:
     """The validation table as aligned text."""
     lines = [
         f"{'case':24s} {'d':>3s} {'true λ':>7s} {'reference':>17s} {'λ̂ ± se':>16s} {'rel.err':>8s} "
-        f"{'z':>6s} {'accept':>6s} {'R-hat':>6s} {'time':>6s}"
+        f"{'z':>6s} {'ε':>8s} {'accept':>6s} {'R-hat':>6s} {'ESS':>6s} {'div':>3s} {'time':>6s}"
     ]
     for r in df.itertuples():
         lines.append(
             f"{r.case:24s} {r.d:3d} {r.true_lambda:7.3f} {r.reference:7.3f} {r.reference_kind:>9s} "
             f"{r.llc_mean:8.3f} ± {r.llc_stderr:5.3f} {100 * r.rel_error:7.1f}% {r.z:6.2f} "
-            f"{r.mala_acceptance:6.3f} {r.rhat:6.3f} {r.wall_seconds:5.1f}s"
+            f"{r.learning_rate:8.1e} {r.mala_acceptance:6.3f} {r.rhat:6.3f} {r.ess:6.0f} {r.n_diverged:3d} "
+            f"{r.wall_seconds:5.1f}s"
         )
     return "\n".join(lines)
