@@ -224,6 +224,18 @@ def test_every_step_diverges_raises_a_clear_error():
     assert "finite near w*" in str(info.value)
 
 
+def test_no_refinement_towards_a_diverged_step():
+    # K = w1² w2⁴ has no curvature at w* (κ̂ = γ) and heavy tails: at the top step a pilot chain diverges, and a
+    # step refined up towards it passes its short pilots but diverges in a long run; the search stays 10x below.
+    case = truth.monomial_case([1, 2], n=10_000)
+    est = LLCEstimator(draws=2000, chains=8, burnin_steps=500, localization=GAMMA)
+    cal = calibrate(case.model, case.loader(500), est, criterion_fn=case.criterion_fn)
+    table = cal.table
+    assert table["n_diverged"].iloc[0] > 0 and table["eps_kappa"].iloc[0] == pytest.approx(CAP_EPS_KAPPA)
+    assert cal.learning_rate == pytest.approx(table["learning_rate"].iloc[0] / calibration_module.JUMP)
+    assert "refine" not in set(table["stage"]) and "no refinement towards a diverged step" in cal.reason
+
+
 def test_sgnht_is_searched_with_sgld_and_confirmed(regular10):
     cal = _calibrate(regular10, _main_estimator(sampler="sgnht"))
     assert set(cal.table["sampler"]) == {"sgld", "sgnht"}
