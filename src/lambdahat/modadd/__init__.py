@@ -7,6 +7,10 @@ Typical use::
     run = modadd.train(modadd.ExperimentParams(), "runs/p53")   # or modadd.load_run("runs/p53")
     modadd.plot_training_curves(run).savefig("curves.png")
     print(modadd.classify_circuit(run).evidence)
+    df = modadd.llc_over_training(run)                           # λ̂ at every checkpoint
+    modadd.plot_llc_over_training(df).savefig("llc.png")
+
+From the shell, ``lambdahat demo`` does all of this on the default model and writes a report.
 """
 
 from lambdahat.modadd.circuits import (
@@ -21,6 +25,7 @@ from lambdahat.modadd.circuits import (
     mode_doubling,
 )
 from lambdahat.modadd.data import all_pairs, make_dataset, train_test_split
+from lambdahat.modadd.demo import run_demo
 from lambdahat.modadd.fourier import (
     ablate_keep_mode,
     fold_mode,
@@ -31,6 +36,7 @@ from lambdahat.modadd.fourier import (
     mode_projector,
     project_to_modes,
 )
+from lambdahat.modadd.llc import llc_over_training, plot_llc_over_training
 from lambdahat.modadd.model import ModAddModel
 from lambdahat.modadd.plots import (
     plot_mode_ablation,
@@ -39,6 +45,7 @@ from lambdahat.modadd.plots import (
     plot_mode_magnitudes,
     plot_training_curves,
 )
+from lambdahat.modadd.sweep import p_sweep, plot_llc_vs_p
 from lambdahat.modadd.train import (
     ExperimentParams,
     Run,
@@ -68,6 +75,7 @@ __all__ = [
     "fold_mode",
     "fourier_basis",
     "gradient_symmetricity",
+    "llc_over_training",
     "load_run",
     "make_dataset",
     "mode_ablation_table",
@@ -75,12 +83,16 @@ __all__ = [
     "mode_magnitudes",
     "mode_magnitudes_over_checkpoints",
     "mode_projector",
+    "p_sweep",
+    "plot_llc_over_training",
+    "plot_llc_vs_p",
     "plot_mode_ablation",
     "plot_mode_circle",
     "plot_mode_heatmap",
     "plot_mode_magnitudes",
     "plot_training_curves",
     "project_to_modes",
+    "run_demo",
     "train",
     "train_test_split",
 ]
