@@ -13,7 +13,6 @@ tensor on the device and copied to the host once, at the end.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import warnings
@@ -78,7 +77,7 @@ def make_step(fm: FunctionalModel, sampler: Sampler, observe: bool = False) -> C
 
 
 _COMPILE_LOCK = threading.Lock()
-# model object -> {signature: (functional model whose module the compiled code traced, compiled step)}
+# caller's model object -> {signature: compiled step (its closure holds the functional model it traced)}
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -102,18 +101,15 @@ class StepFunction:
         self.eager = make_step(fm, sampler, observe)
         self.compiled_fn = None
         self.first_call = True
-        if compiled:
-            cache = _COMPILED.get(model_key) if model_key is not None else None
-            hit = cache.get(signature) if cache is not None else None
-            if hit is not None:
-                self.compiled_fn, self.first_call = hit[1], False
-            else:
-                owner = FunctionalModel.__new__(FunctionalModel)
-                owner.__dict__.update(fm.__dict__)
-                self.compiled_fn = torch.compile(make_step(owner, sampler, observe))
-                if model_key is not None:
-                    _COMPILED.setdefault(model_key, {})[signature] = (owner, self.compiled_fn)
         self.compile_seconds = 0.0
+        self._cache = _COMPILED.setdefault(model_key, {}) if model_key is not None else {}
+        self._signature = signature
+        if compiled:
+            self.compiled_fn = self._cache.get(signature)
+            if self.compiled_fn is not None:
+                self.first_call = False
+            else:
+                self.compiled_fn = self._cache[signature] = torch.compile(make_step(fm, sampler, observe))
 
     @property
     def is_compiled(self) -> bool:
@@ -136,6 +132,7 @@ class StepFunction:
                     stacklevel=2,
                 )
                 self.compiled_fn = None
+                self._cache.pop(self._signature, None)
                 return self.eager(*args)
             finally:
                 self.compile_seconds = time.perf_counter() - start
@@ -208,4 +205,4 @@ def predicted_eager_seconds(
         _ = out[1].loss.sum().item()
         times.append(time.perf_counter() - start)
     times = sorted(times[1:])
-    return times[len(times) // 2] * steps if not math.isnan(times[0]) else math.inf
+    return times[len(times) // 2] * steps
