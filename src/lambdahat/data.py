@@ -122,7 +122,7 @@ class DataFeed:
             torch.default_generator.manual_seed(_pass_seed(self.seed, pass_index))
             if self.fast:
                 tensors = self.loader.dataset.tensors
-                index_lists = list(iter(self.loader.batch_sampler))
+                index_lists = [torch.as_tensor(idx) for idx in self.loader.batch_sampler]
                 source = ((tuple(t[idx] for t in tensors)) for idx in index_lists)
                 first = None
             else:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["ChainNoise", "chain_seed", "resolve_seed"]
+__all__ = ["ChainNoise", "chain_seed", "noise_block_steps", "resolve_seed"]
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -30,8 +30,24 @@ def chain_seed(seed: int, chain: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(chain,)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+#: Noise is drawn for several steps at once, up to this many numbers per chain (a block of 4 MiB in float32).
+NOISE_BLOCK_NUMBERS = 1 << 20
+#: ... and never more than this many steps at once.
+NOISE_BLOCK_STEPS = 64
+
+
+def noise_block_steps(dim: int) -> int:
+    """Steps of noise drawn per refill: a function of ``D`` only, so a chain's stream never depends on how chains
+    are batched or spread over devices."""
+    return max(1, min(NOISE_BLOCK_STEPS, NOISE_BLOCK_NUMBERS // max(dim, 1)))
+
+
 class ChainNoise:
     """Standard normal noise ``[chains, D]``, one independent stream per chain.
+
+    Each chain's generator fills ``noise_block_steps(D)`` steps at a time (one ``randn`` call per chain per
+    block instead of per step); step ``t`` of chain ``c`` always receives numbers
+    ``[t·D, (t+1)·D)`` of the block sequence of ``(seed, c)``.
 
     Parameters
     ----------
@@ -52,10 +68,22 @@ class ChainNoise:
             torch.Generator(device=device).manual_seed(chain_seed(seed, int(c))) for c in chains
         ]
         self.dim, self.device, self.dtype = dim, torch.device(device), dtype
+        self.block = noise_block_steps(dim)
+        self.buffer = torch.empty(len(self.generators), self.block, dim, device=self.device, dtype=dtype)
+        self.position = self.block
 
     def draw(self) -> torch.Tensor:
-        """One step's noise, shape ``[chains, D]``."""
-        out = torch.empty(len(self.generators), self.dim, device=self.device, dtype=self.dtype)
-        for row, gen in zip(out, self.generators):
-            torch.randn(self.dim, generator=gen, device=self.device, dtype=self.dtype, out=row)
+        """One step's noise, shape ``[chains, D]`` (a view into the current block)."""
+        if self.position == self.block:
+            for row, gen in zip(self.buffer, self.generators):
+                torch.randn(
+                    self.block * self.dim,
+                    generator=gen,
+                    device=self.device,
+                    dtype=self.dtype,
+                    out=row.view(-1),
+                )
+            self.position = 0
+        out = self.buffer[:, self.position]
+        self.position += 1
         return out
