@@ -224,11 +224,27 @@ def test_every_step_diverges_raises_a_clear_error():
     assert "finite near w*" in str(info.value)
 
 
-def test_no_refinement_towards_a_diverged_step():
-    # K = w1² w2⁴ has no curvature at w* (κ̂ = γ) and heavy tails: at the top step a pilot chain diverges, and a
-    # step refined up towards it passes its short pilots but diverges in a long run; the search stays 10x below.
+def test_no_refinement_towards_a_diverged_step(monkeypatch):
+    # Steps above a threshold are made to diverge (deterministically, by marking every chain of those pilots as
+    # diverged): the search must then step down 10x from the diverged top step and never refine back up towards it.
+    import dataclasses
+
     case = truth.monomial_case([1, 2], n=10_000)
     est = LLCEstimator(draws=2000, chains=8, burnin_steps=500, localization=GAMMA)
+    top = (
+        calibrate(case.model, case.loader(500), est, criterion_fn=case.criterion_fn)
+        .table["learning_rate"]
+        .iloc[0]
+    )
+    original = LLCEstimator.run
+
+    def run_diverging_above(self, *args, learning_rate=None, **kwargs):
+        result = original(self, *args, learning_rate=learning_rate, **kwargs)
+        if learning_rate is not None and learning_rate > top / 5:
+            result = dataclasses.replace(result, diverged=torch.ones_like(result.diverged))
+        return result
+
+    monkeypatch.setattr(LLCEstimator, "run", run_diverging_above)
     cal = calibrate(case.model, case.loader(500), est, criterion_fn=case.criterion_fn)
     table = cal.table
     assert table["n_diverged"].iloc[0] > 0 and table["eps_kappa"].iloc[0] == pytest.approx(CAP_EPS_KAPPA)

@@ -347,15 +347,22 @@ def test_a_chain_still_in_burn_in_is_flagged_as_drifting():
             show_progress=False,
         )
     assert r.trend_z > 4
+    # settled chains are flagged at the test's false-positive rate (p < 1e-3) only: of 5 seeds, at most one
+    from lambdahat.diagnostics import TREND_P_VALUE, trend_p_value
+
     settled = LLCEstimator(
         draws=300, chains=16, burnin_steps=500, learning_rate=1e-3, localization=0.0, nbeta=100.0
-    ).run(
-        case.model,
-        case.loader(100),
-        criterion_fn=case.criterion_fn,
-        seed=0,
-        compile=False,
-        show_progress=False,
-        warn=False,
     )
-    assert abs(settled.trend_z) < 4
+    flagged = 0
+    for seed in range(5):
+        s = settled.run(
+            case.model,
+            case.loader(100),
+            criterion_fn=case.criterion_fn,
+            seed=seed,
+            compile=False,
+            show_progress=False,
+            warn=False,
+        )
+        flagged += trend_p_value(s.trend_z, 16) < TREND_P_VALUE
+    assert flagged <= 1
