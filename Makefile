@@ -21,7 +21,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff format --check src tests benchmarks
 
 validate: $(STAMP)
 	$(VENV)/bin/lambdahat validate

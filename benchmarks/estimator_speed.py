@@ -11,7 +11,7 @@ The *floor* is a bare loop of ``vmap(grad_and_value(loss))`` over stacked parame
 sampler, no noise and no bookkeeping, eager and ``torch.compile``d; the faster of the two is the floor.
 For the estimator we time (after one warm-up call) the steady state with ``compile=True`` and ``compile=False``,
 and separately a *one-off* call with the default ``compile="auto"`` on a fresh model object (what a user's first
-call costs), compared with an eager one-off call.
+call on a model costs), compared with an eager one-off call (median of the repeats, order alternating).
 
 Every time is the median of ``--repeats`` interleaved repeats; ratios are taken within the same run.
 
@@ -174,14 +174,27 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     warnings.simplefilter("ignore", RuntimeWarning)
+    # warm the process up (imports, first-use initialisation) on a tiny model so no workload pays for it
+    tiny = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
+    LLCEstimator(draws=20, chains=2, burnin_steps=5).estimate_llc(
+        nn.Linear(4, 2), DataLoader(tiny, batch_size=32), seed=0, compile=False, show_progress=False
+    )
     rows = []
     for name in args.workloads.split(","):
         model, data, batch, criterion, hp = workload(name)
         loader = DataLoader(data, batch_size=batch, shuffle=True)
         batches = [b for b in DataLoader(data, batch_size=batch, shuffle=True)]
-        # one-off calls first (fresh model objects, nothing compiled in memory for them yet)
-        oneoff_auto, m_auto = time_estimator(copy.deepcopy(model), loader, criterion, hp, "auto")
-        oneoff_eager, _ = time_estimator(copy.deepcopy(model), loader, criterion, hp, False)
+        # one-off calls (fresh model objects, nothing compiled in memory for them), alternating the order so that
+        # neither pays for first-use costs of the process alone; the process was warmed up on a tiny model
+        autos, eagers = [], []
+        for r in range(args.repeats):
+            order = ("auto", False) if r % 2 else (False, "auto")
+            for mode in order:
+                seconds, metrics = time_estimator(copy.deepcopy(model), loader, criterion, hp, mode)
+                (autos if mode == "auto" else eagers).append(seconds)
+                if mode == "auto":
+                    m_auto = metrics
+        oneoff_auto, oneoff_eager = statistics.median(autos), statistics.median(eagers)
         # first compiled call (compile included) on the model reused for the steady state
         first_compiled, m_first = time_estimator(model, loader, criterion, hp, True)
         cache: dict = {}

@@ -7,7 +7,10 @@ chains share its batch or its device.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -34,6 +37,23 @@ def chain_seed(seed: int, chain: int) -> int:
 NOISE_BLOCK_NUMBERS = 1 << 20
 #: ... and never more than this many steps at once.
 NOISE_BLOCK_STEPS = 64
+
+
+#: Refill the chains' blocks in parallel threads (CPU) when a block holds at least this many numbers.
+PARALLEL_FILL_NUMBERS = 1 << 16
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _refill_pool() -> ThreadPoolExecutor | None:
+    global _POOL
+    workers = min(torch.get_num_threads(), os.cpu_count() or 1)
+    if workers < 2:
+        return None
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambdahat-noise")
+    return _POOL
 
 
 def noise_block_steps(dim: int) -> int:
@@ -72,17 +92,21 @@ class ChainNoise:
         self.buffer = torch.empty(len(self.generators), self.block, dim, device=self.device, dtype=dtype)
         self.position = self.block
 
+    def _fill(self, row: torch.Tensor, gen: torch.Generator) -> None:
+        torch.randn(
+            self.block * self.dim, generator=gen, device=self.device, dtype=self.dtype, out=row.view(-1)
+        )
+
     def draw(self) -> torch.Tensor:
         """One step's noise, shape ``[chains, D]`` (a view into the current block)."""
         if self.position == self.block:
-            for row, gen in zip(self.buffer, self.generators):
-                torch.randn(
-                    self.block * self.dim,
-                    generator=gen,
-                    device=self.device,
-                    dtype=self.dtype,
-                    out=row.view(-1),
-                )
+            parallel = self.device.type == "cpu" and self.buffer.numel() >= PARALLEL_FILL_NUMBERS
+            pool = _refill_pool() if parallel else None
+            if pool is None:
+                for row, gen in zip(self.buffer, self.generators):
+                    self._fill(row, gen)
+            else:  # a CPU generator runs single-threaded: fill the chains' rows concurrently, each from its stream
+                list(pool.map(self._fill, self.buffer, self.generators))
             self.position = 0
         out = self.buffer[:, self.position]
         self.position += 1
