@@ -366,3 +366,13 @@ def test_a_chain_still_in_burn_in_is_flagged_as_drifting():
         )
         flagged += trend_p_value(s.trend_z, 16) < TREND_P_VALUE
     assert flagged <= 1
+
+
+def test_replace_copies_settings_and_rebuilds_the_sampler():
+    est = LLCEstimator(draws=30, burnin_steps=7, sampler="rmsprop_sgld", sampler_options={"alpha": 0.9})
+    copy = est.replace(burnin_steps=11, learning_rate=1e-3)
+    assert (copy.draws, copy.burnin_steps, copy.learning_rate) == (30, 11, 1e-3)
+    assert copy.sampler_options == {"alpha": 0.9, "adapt_steps": 11}
+    assert est.burnin_steps == 7
+    with pytest.raises(TypeError, match="unknown settings"):
+        est.replace(drawz=3)

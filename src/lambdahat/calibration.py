@@ -245,23 +245,7 @@ def _copy_estimator(est: LLCEstimator, **changes: Any) -> LLCEstimator:
     placeholder (pilots pass their own ε to ``run``), so a pilot can never start another calibration.
     """
     lr = est.learning_rate if isinstance(est.learning_rate, int | float) else LR_MIN
-    kwargs = dict(
-        draws=est.draws,
-        chains=est.chains,
-        burnin_steps=est.burnin_steps,
-        steps_bw_draws=est.steps_bw_draws,
-        learning_rate=lr,
-        localization=est.localization,
-        nbeta=est.nbeta,
-        dtype=est.dtype,
-        sampler=est.sampler,
-        weight_decay=est.weight_decay,
-        restrict_to_orth_grad=est.restrict_to_orth_grad,
-        bounding_box_size=est.bounding_box_size,
-        sampler_options=dict(est.sampler_options),
-    )
-    kwargs.update(changes)
-    return LLCEstimator(**kwargs)
+    return est.replace(**{"learning_rate": lr, **changes})
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -206,6 +206,7 @@ class LLCEstimator:
         self.bounding_box_size = (
             None if bounding_box_size is None else _non_negative("bounding_box_size", bounding_box_size)
         )
+        self._sampler_spec, self._user_sampler_options = sampler, dict(sampler_options or {})
         self.sampler_options = dict(sampler_options or {})
         if sampler == "rmsprop_sgld":
             self.sampler_options.setdefault("adapt_steps", burnin_steps)
@@ -216,6 +217,34 @@ class LLCEstimator:
                 f"LLCEstimator: sampler_options {self.sampler_options} do not fit {sampler!r}: {exc}"
             ) from exc
         self.result: LLCResult | None = None
+
+    def replace(self, **changes: Any) -> LLCEstimator:
+        """A new estimator with this one's settings and ``changes`` (constructor arguments).
+
+        Examples
+        --------
+        >>> LLCEstimator(draws=50).replace(chains=2).chains
+        2
+        """
+        settings = dict(
+            draws=self.draws,
+            chains=self.chains,
+            burnin_steps=self.burnin_steps,
+            steps_bw_draws=self.steps_bw_draws,
+            learning_rate=self.learning_rate,
+            localization=self.localization,
+            nbeta=self.nbeta,
+            dtype=self.dtype,
+            sampler=self._sampler_spec,
+            weight_decay=self.weight_decay,
+            restrict_to_orth_grad=self.restrict_to_orth_grad,
+            bounding_box_size=self.bounding_box_size,
+            sampler_options=dict(self._user_sampler_options),
+        )
+        unknown = sorted(set(changes) - set(settings))
+        if unknown:
+            raise TypeError(f"LLCEstimator.replace: unknown settings {unknown}; known: {sorted(settings)}.")
+        return LLCEstimator(**{**settings, **changes})
 
     def _resolve_nbeta(self, loader) -> float:
         if self.nbeta is not None:
