@@ -48,9 +48,9 @@ SETTINGS: dict[str, CaseSettings] = {
     "monomial_k1_2": CaseSettings(learning_rate=1e-3, localization=10.0),
     "normal_crossing_k1_1": CaseSettings(learning_rate=1e-3, localization=10.0),
     "radial_d3_k2": CaseSettings(learning_rate=5e-4, localization=1.0, draws=3000),
-    "rrr_M4_H3_N4_r1": CaseSettings(learning_rate=1e-4, localization=1.0, burnin_steps=1000),
-    "dln_4-3-3-4_r1": CaseSettings(learning_rate=1e-4, localization=1.0, burnin_steps=1000),
-    "dln_5-4-5_r0": CaseSettings(learning_rate=1e-4, localization=1.0, burnin_steps=1000),
+    "rrr_M4_H3_N4_r1": CaseSettings(learning_rate=1e-4, localization=1.0, draws=4000, burnin_steps=2000),
+    "dln_4-3-3-4_r1": CaseSettings(learning_rate=1e-4, localization=1.0, draws=8000, burnin_steps=2000),
+    "dln_5-4-5_r0": CaseSettings(learning_rate=1e-4, localization=1.0, draws=8000, burnin_steps=2000),
 }
 
 
