@@ -409,7 +409,7 @@ class LLCEstimator:
             return Context(fm.w_star, u, self.bounding_box_size, self.weight_decay)
 
         if compile == "auto":
-            use_compile = _compiled_available(model, main, self, criterion_fn) or (
+            use_compile = _compiled_available(model, main, self, criterion_fn, observables is not None) or (
                 predicted_eager_seconds(
                     main,
                     self.sampler,
@@ -499,7 +499,7 @@ def _signature(fm: FunctionalModel, est: LLCEstimator, criterion_fn) -> tuple:
     )
 
 
-def _compiled_available(model, fm, est, criterion_fn) -> bool:
+def _compiled_available(model, fm, est, criterion_fn, observe: bool) -> bool:
     from .chains import _COMPILED
 
-    return (0, False, *_signature(fm, est, criterion_fn)) in _COMPILED.get(model, {})
+    return (0, observe, *_signature(fm, est, criterion_fn)) in _COMPILED.get(model, {})
