@@ -380,3 +380,22 @@ def test_replace_copies_settings_and_rebuilds_the_sampler():
     assert est.burnin_steps == 7
     with pytest.raises(TypeError, match="unknown settings"):
         est.replace(drawz=3)
+
+
+def test_loader_advice_only_where_it_matters(classification_data):
+    from lambdahat.estimator import _loader_advice
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.zeros(4), torch.tensor(0)
+
+    slow = DataLoader(Plain(), batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _loader_advice(slow, [torch.device("cpu")])  # CPU: no advice
+        _loader_advice(DataLoader(classification_data), [torch.device("cuda", 0)])  # in-memory tensors: none
+    with pytest.warns(UserWarning, match=r"pin_memory=True, num_workers>0"):
+        _loader_advice(slow, [torch.device("cuda", 0)])
