@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import truth
+from .calibration import CalibrationError
 from .estimator import LLCEstimator, nbeta_from_effective_size
 
 __all__ = ["SETTINGS", "CaseSettings", "reference_value", "run_validation"]
@@ -110,9 +111,10 @@ def run_validation(
     pandas.DataFrame
         One row per case: ``case, d, true_lambda, reference, reference_kind, llc_mean, llc_stderr, rel_error``
         (against λ), ``z`` (``(λ̂ − reference) / stderr``), ``mala_acceptance, rhat, ess, n_diverged,
-        learning_rate`` (the one used), ``localization, wall_seconds``.
+        learning_rate`` (the one used), ``localization, wall_seconds``. Cases whose calibration found no step
+        are left out and listed in ``df.attrs["failures"]``.
     """
-    rows = []
+    rows, failures = [], []
     for case in truth.default_cases(quick=quick):
         s = SETTINGS[case.name]
         nbeta = nbeta_from_effective_size(case.n)
@@ -127,14 +129,18 @@ def run_validation(
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            result = est.run(
-                case.model,
-                case.loader(s.batch_size, shuffle=True, seed=seed),
-                criterion_fn=case.criterion_fn,
-                seed=seed,
-                compile=compile,
-                show_progress=show_progress,
-            )
+            try:
+                result = est.run(
+                    case.model,
+                    case.loader(s.batch_size, shuffle=True, seed=seed),
+                    criterion_fn=case.criterion_fn,
+                    seed=seed,
+                    compile=compile,
+                    show_progress=show_progress,
+                )
+            except CalibrationError as exc:  # reported as a row, not hidden and not fatal to the table
+                failures.append(f"{case.name}: {str(exc).splitlines()[0]}")
+                continue
         wall = time.perf_counter() - start
         ref, kind = reference_value(case, dataclasses.replace(s, learning_rate=result.learning_rate), nbeta)
         rows.append(
@@ -157,7 +163,9 @@ def run_validation(
                 "wall_seconds": wall,
             }
         )
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["failures"] = failures
+    return df
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -173,4 +181,5 @@ def format_table(df: pd.DataFrame) -> str:
             f"{r.learning_rate:8.1e} {r.mala_acceptance:6.3f} {r.rhat:6.3f} {r.ess:6.0f} {r.n_diverged:3d} "
             f"{r.wall_seconds:5.1f}s"
         )
+    lines += [f"calibration failed: {failure}" for failure in df.attrs.get("failures", [])]
     return "\n".join(lines)
