@@ -480,3 +480,23 @@ def test_str_is_readable(acceptance_limited):
 def test_doctests():
     result = doctest.testmod(calibration_module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted >= 5
+
+
+def test_effective_curvature_is_exact_on_a_quadratic_and_drives_the_bias_rule():
+    # K = a|w - w*|²: ∇L = 2a (w - w*) draw by draw, so κ_eff = 2 nβ a + γ exactly
+    case = truth.regular_case(4, n=1000)
+    est = LLCEstimator(draws=50, chains=4, burnin_steps=50, learning_rate=1e-4, localization=3.0, nbeta=100.0)
+    result = est.run(
+        case.model,
+        case.loader(100),
+        criterion_fn=case.criterion_fn,
+        seed=0,
+        compile=False,
+        show_progress=False,
+        warn=False,
+    )
+    assert calibration_module.effective_curvature(result) == pytest.approx(2 * 100.0 + 3.0, rel=1e-4)
+    judge = calibration_module._judge
+    # ε κ_eff = 1e-4 · 203 ≈ 0.02: over a cap of 0.01, under a cap of 0.05
+    assert judge(result, 0.9, confirm=False, need_positive=False, bias_cap=0.01)[0] == "bias"
+    assert judge(result, 0.9, confirm=False, need_positive=False, bias_cap=0.05)[0] != "bias"

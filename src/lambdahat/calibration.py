@@ -320,6 +320,7 @@ class _Verdict:
     kind: str  # "ok", "diverged", "escaped", "acceptance", "trend"
     note: str
     acceptance: float = math.nan
+    kappa_eff: float = math.nan
 
 
 def _trend_p(result: LLCResult) -> float:
@@ -327,13 +328,38 @@ def _trend_p(result: LLCResult) -> float:
     return diagnostics.trend_p_value(result.trend_z, int((~result.diverged).sum()))
 
 
-def _judge(result: LLCResult, target: float, *, confirm: bool, need_positive: bool) -> tuple[str, str]:
-    """``(kind, note)`` of a pilot under the rule (``confirm``: an SGNHT pilot, no acceptance to judge)."""
+def effective_curvature(result: LLCResult) -> float:
+    """The curvature the chains met, ``κ_eff = nβ rms(||∇L_B||) / rms(||w − w*||) + γ`` over the draws.
+
+    For ``K = a||w − w*||²`` at stationarity ``∇L = 2a (w − w*)`` and this is exactly ``κ = 2nβa + γ``; on a
+    singular potential it measures the curvature where the chains actually are, which the Hessian at ``w*`` (zero
+    for ``K = ||w||⁴``) misses.
+    """
+    kept = ~result.diverged
+    grad = result.grad_norm[kept].double()
+    dist = result.distance[kept].double()
+    rms_dist = float(dist.square().mean().sqrt()) if dist.numel() else math.nan
+    if not rms_dist > 0:
+        return math.nan
+    return result.nbeta * float(grad.square().mean().sqrt()) / rms_dist + result.localization
+
+
+def _judge(
+    result: LLCResult, target: float, *, confirm: bool, need_positive: bool, bias_cap: float | None = None
+) -> tuple[str, str]:
+    """``(kind, note)`` of a pilot under the rule (``confirm``: an SGNHT pilot, no acceptance to judge;
+    ``bias_cap``: the largest allowed ``ε κ_eff``)."""
     n_div = int(result.diverged.sum())
     if n_div:
         return "diverged", f"{n_div}/{len(result.diverged)} chains diverged"
     if need_positive and not result.llc_mean > 0:
         return "escaped", f"λ̂ = {result.llc_mean:.3g} <= 0: the chains left the basin of w*"
+    k_eff = effective_curvature(result) if bias_cap is not None and not confirm else math.nan
+    if math.isfinite(k_eff) and result.learning_rate * k_eff > bias_cap:
+        return "bias", (
+            f"ε κ_eff = {result.learning_rate * k_eff:.2g} > {bias_cap:.2g} (κ_eff = {k_eff:.3g}, the curvature "
+            "the chains met): step bias above max_step_bias"
+        )
     acc = result.mala_acceptance
     if not confirm and not acc >= target:
         return "acceptance", f"acceptance {acc:.3f} < {target:g}"
@@ -349,9 +375,19 @@ def _judge(result: LLCResult, target: float, *, confirm: bool, need_positive: bo
 class _Pilots:
     """Runs pilots within the budget and keeps the table."""
 
-    def __init__(self, run: Callable, burnin: Callable, chains: int, draws: int, budget: int, target: float):
+    def __init__(
+        self,
+        run: Callable,
+        burnin: Callable,
+        chains: int,
+        draws: int,
+        budget: int,
+        target: float,
+        bias_cap: float | None = None,
+    ):
         self._run, self._burnin, self.chains, self.draws = run, burnin, chains, draws
         self.budget, self.target, self.spent, self.rows = budget, target, 0, []
+        self.bias_cap = bias_cap
 
     def run(
         self, lr: float, gamma: float, kappa: float, stage: str, *, confirm=False, need_positive=False
@@ -363,7 +399,9 @@ class _Pilots:
         sampler, result = self._run(lr, gamma, burnin, confirm)
         steps = int(result.loss_trace.numel())
         self.spent += steps
-        kind, note = _judge(result, self.target, confirm=confirm, need_positive=need_positive)
+        kind, note = _judge(
+            result, self.target, confirm=confirm, need_positive=need_positive, bias_cap=self.bias_cap
+        )
         accepted = kind == "ok"
         p = _trend_p(result)
         row = dict(pilot=len(self.rows), stage=stage, sampler=sampler, learning_rate=lr, localization=gamma)
@@ -371,16 +409,17 @@ class _Pilots:
         row.update(trend_z=result.trend_z, trend_p=p, n_diverged=int(result.diverged.sum()))
         row.update(llc_mean=result.llc_mean, chain_steps=steps, accepted=accepted, note=note)
         self.rows.append(row)
-        return _Verdict(lr, accepted, kind, note, result.mala_acceptance)
+        return _Verdict(lr, accepted, kind, note, result.mala_acceptance, effective_curvature(result))
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=_COLUMNS)
 
 
-def _next_step(lr: float, verdict: _Verdict, target: float) -> float:
+def _next_step(lr: float, verdict: _Verdict, target: float, bias_cap: float | None = None) -> float:
     """The next, smaller step after a failed pilot.
 
-    Divergence: ``ε / JUMP``. Too little acceptance ``a``: ``ε · (0.8 (1 − target) / (1 − a))²`` aims below the
+    Divergence: ``ε / JUMP``. Step bias over the cap at the curvature the chains met: ``0.9 · cap / κ_eff``.
+    Too little acceptance ``a``: ``ε · (0.8 (1 − target) / (1 − a))²`` aims below the
     target even where the rejection rate ``1 − a`` grows only like ``sqrt(ε)`` (measured on a deep linear network at
     ``w* = 0``: a 5x smaller step took the acceptance from 0.57 only to 0.74); it is clamped to
     ``[ε / JUMP, ε / 2]`` so that the ladder always descends and never overshoots by more than a jump.
@@ -389,6 +428,8 @@ def _next_step(lr: float, verdict: _Verdict, target: float) -> float:
     """
     if verdict.kind == "diverged":
         return lr / JUMP
+    if verdict.kind == "bias" and bias_cap and verdict.kappa_eff > 0:  # just inside the cap at that curvature
+        return min(lr / 2, 0.9 * bias_cap / verdict.kappa_eff)
     acc = verdict.acceptance
     if verdict.kind == "acceptance" and math.isfinite(acc) and acc < 1:
         factor = (0.8 * (1 - target) / (1 - acc)) ** 2
@@ -430,7 +471,7 @@ def _search(pilots: _Pilots, gamma: float, top: float, kappa: float, need_positi
                 v,
                 f"two consecutive pilots failed only stationarity ({v.note}); smaller steps mix slower",
             )
-        lr = _next_step(lr, v, pilots.target)
+        lr = _next_step(lr, v, pilots.target, pilots.bias_cap)
     passed, note = v, ""
     while failed_above is not None and failed_above.learning_rate / passed.learning_rate > REFINE_RATIO:
         if failed_above.kind == "diverged":
@@ -667,7 +708,12 @@ def calibrate(
             )
         return min(LR_MAX, 1 / k), f"ε_top = min(LR_MAX, 1/κ̂) = {_fmt(min(LR_MAX, 1 / k))}"
 
-    pilots = _Pilots(run, burnin_for, p_chains, p_draws, budget, target)
+    bias_cap = (
+        4 * max_step_bias / (1 + max_step_bias)
+        if max_step_bias is not None and name != "rmsprop_sgld"
+        else None
+    )
+    pilots = _Pilots(run, burnin_for, p_chains, p_draws, budget, target, bias_cap)
     notes: list[str] = []
     chosen = None
     for gamma in gammas:
