@@ -31,7 +31,11 @@ step at which the stiffest direction is inflated by exactly ``1 + b``; every oth
 a quadratic λ̂ is biased by at most ``b`` (``≈ 4b/κ̂`` for small b; 5 % at ``εκ̂ ≈ 0.19``). κ̂ is a Rayleigh
 quotient, a lower bound of the top curvature, and comes from one batch at ``w*``: away from quadratics the cap is a
 guide, not a guarantee. It is not applied to RMSProp-SGLD, whose preconditioner rescales the step per coordinate.
-``max_step_bias=None`` switches it off.
+Each pilot is also checked at the curvature its chains met,
+``κ_eff = nβ rms(||∇L_B||) / rms(||w − w*||) + γ`` (:func:`effective_curvature`; exact on a quadratic): a pilot
+with ``ε κ_eff`` above the cap fails ("bias") and the next step is ``0.9 · cap / κ_eff``. This matters where the
+Hessian at ``w*`` is zero (``K = w₁² w₂⁴``): there the ``w*`` cap alone chose a step at which every chain of the main
+run diverged. ``max_step_bias=None`` switches both checks off.
 
 **Curvature.** ``κ̂ = nβ |λ_max(∇²L_B(w*))| + γ + wd``, the curvature of the localized potential along its
 stiffest direction, from ``HVP_ITERATIONS`` power iterations with Hessian-vector products on the first batch.
