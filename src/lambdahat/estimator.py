@@ -11,6 +11,7 @@ estimated by running ``chains`` SGLD-type chains from ``w*`` and averaging the m
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -100,8 +101,6 @@ def _loader_advice(loader, devices: list[torch.device]) -> None:
     elif not loader.persistent_workers:
         tips.append("persistent_workers=True")
     if tips:
-        import warnings
-
         warnings.warn(
             f"estimate_llc: the loader is iterated for every chain batch; on CUDA set {', '.join(tips)} "
             "to keep the device fed.",
