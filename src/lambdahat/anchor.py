@@ -1,9 +1,16 @@
 """Quantities at the anchor ``w*``: the full-data loss ``L0`` and, when asked, the unit full-batch gradient.
 
-``L0`` is computed with exactly the loss function of the draws (same module copy, eval mode, precision and
-autocast), as the size-weighted mean of the batch losses over one pass of the loader:
-``L0 = Σ_b |b| L_b(w*) / Σ_b |b|``. The first batch is checked on the way, so that a wrong batch format, targets
-that do not fit the criterion or a non-scalar loss fail with a message that says what to pass instead.
+``L0`` is computed with exactly the loss function of the draws (same module copy, model mode, precision and
+autocast), weighted by what counts in each batch over one pass of the loader:
+
+.. math::
+
+    L_0 = \\frac{\\sum_b c_b\\, L_b(w^*)}{\\sum_b c_b}, \\qquad c_b = \\text{samples (or tokens) that count in } b
+
+which is the mean loss over every sample (token) of the data set. The draws are weighted the same way (see
+:class:`~lambdahat.result.LLCResult`), so a run that stayed at ``w*`` would give λ̂ = 0 exactly even when batches
+hold different numbers of counted tokens. The first batch is checked on the way, so that a wrong batch format,
+targets that do not fit the criterion or a non-scalar loss fail with a message that says what to pass instead.
 """
 
 from __future__ import annotations
@@ -14,52 +21,7 @@ from torch.func import grad_and_value
 from .data import DataFeed
 from .functional import FunctionalModel
 
-__all__ = ["anchor_loss_and_direction", "batch_length"]
-
-
-def batch_length(x, y) -> int:
-    """Number of samples in a batch (leading dimension of the targets, or of the inputs)."""
-    for obj in (y, x):
-        if isinstance(obj, torch.Tensor) and obj.dim() > 0:
-            return obj.shape[0]
-        if isinstance(obj, tuple | list) and obj and isinstance(obj[0], torch.Tensor):
-            return obj[0].shape[0]
-        if isinstance(obj, dict) and obj:
-            first = next(iter(obj.values()))
-            if isinstance(first, torch.Tensor):
-                return first.shape[0]
-    return 1
-
-
-def _describe(obj) -> str:
-    if isinstance(obj, torch.Tensor):
-        return f"tensor of shape {tuple(obj.shape)} and dtype {obj.dtype}"
-    return type(obj).__name__
-
-
-def _checked_loss(fm: FunctionalModel, x, y) -> torch.Tensor:
-    try:
-        outputs = fm.outputs(fm.w_star, x)
-    except Exception as exc:
-        raise ValueError(
-            f"estimate_llc: the model failed on the inputs unpacked from the first batch ({_describe(x)}): "
-            f"{type(exc).__name__}: {exc}. Check unpack_fn: it must return (inputs, targets)."
-        ) from exc
-    try:
-        loss = fm.criterion_fn(outputs, y)
-    except Exception as exc:
-        raise ValueError(
-            f"estimate_llc: criterion_fn failed on outputs ({_describe(outputs)}) and targets ({_describe(y)}): "
-            f"{type(exc).__name__}: {exc}. Pass targets that fit the criterion (e.g. class indices of shape "
-            "[batch] for F.cross_entropy, or float targets of the outputs' shape for F.mse_loss), or a "
-            "criterion_fn that fits the targets."
-        ) from exc
-    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-        raise ValueError(
-            f"estimate_llc: criterion_fn must return a scalar mean loss, got {_describe(loss)}; use "
-            "reduction='mean' (the default of torch.nn.functional losses) or reduce it yourself."
-        )
-    return loss
+__all__ = ["anchor_loss_and_direction"]
 
 
 def anchor_loss_and_direction(
@@ -72,22 +34,26 @@ def anchor_loss_and_direction(
     -------
     L0 : float; u : ``[D]`` tensor on the functional model's device, or None.
     """
-    total, count = torch.zeros((), dtype=torch.float64, device=fm.device), 0
+    total = torch.zeros((), dtype=torch.float64, device=fm.device)
+    count = torch.zeros((), dtype=torch.float64, device=fm.device)
     grad_sum = torch.zeros(fm.layout.dim, dtype=torch.float64, device=fm.device) if with_direction else None
-    value_and_grad = grad_and_value(fm.loss)
+    value_and_grad = grad_and_value(fm.loss_and_count, has_aux=True)
     for i, (x, y) in enumerate(feed.one_pass()):
         if i == 0:
-            with torch.no_grad():
-                _checked_loss(fm, x, y)
-        m = batch_length(x, y)
+            fm.check(x, y)
         if with_direction:
-            g, loss = value_and_grad(fm.w_star, fm.frozen, fm.buffers, x, y)
-            grad_sum += m * g.double()
+            g, (loss, m) = value_and_grad(fm.w_star, fm.frozen, fm.buffers, x, y)
+            grad_sum += m.double() * g.double()
         else:
             with torch.no_grad():
-                loss = fm.loss(fm.w_star, fm.frozen, fm.buffers, x, y)
-        total += m * loss.double()
-        count += m
+                loss, m = fm.loss_and_count(fm.w_star, fm.frozen, fm.buffers, x, y)
+        total += m.double() * loss.double()
+        count += m.double()
+    if not count > 0:
+        raise ValueError(
+            "estimate_llc: no sample of the data counts towards the loss (every target is the ignore index -100, "
+            "or every mask is 0); pass data with targets that count."
+        )
     init_loss = float(total / count)
     if not with_direction:
         return init_loss, None

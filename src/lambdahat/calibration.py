@@ -1,5 +1,10 @@
 """Automatic choice of the step size ε (and optionally the localization γ) from short pilot runs.
 
+**Where.** :func:`calibrate_problem` runs every pilot with :func:`lambdahat.problem.run_chains` on one problem
+prepared by :func:`lambdahat.problem.prepare`, so the pilots share its model copies, ``L0``, orthogonal direction
+and step functions with each other and with the main run; :func:`lambdahat.sample` calls it for
+``learning_rate="auto"``. :func:`calibrate` prepares the problem from a model and a loader first.
+
 **The rule.** ε is the largest tested step at most ``ε_top`` whose pilot run is
 
 * *stable*: no chain diverged (:func:`lambdahat.diagnostics.divergence`);
@@ -52,8 +57,8 @@ search stops early, without a step, when two consecutive pilots fail only statio
 help, more localization (or a longer run) will. Divergence far inside the stability limit (``εκ̂ <
 ESCAPE_EPS_KAPPA``) only ends the search at a γ while γ is being tuned; otherwise the search keeps stepping down,
 because on singular potentials the curvature at ``w*`` (all that ``κ̂`` measures) can be far below the curvature
-the chains meet a little further out (``K = ||w||⁴`` has none at ``w*``). Every pilot uses the same seed (neighbouring steps see the same noise) and
-the same ``L0``.
+the chains meet a little further out (``K = ||w||⁴`` has none at ``w*``). Every pilot uses the same seed (neighbouring steps see
+the same noise) and the problem's ``L0``.
 
 **Localization** (``tune_localization=True``). γ is the smallest value of an ascending ladder (default
 ``γ₀ · [0.1, 0.3, 1, 3, 10]`` with ``γ₀`` the estimator's localization, ``[0, 1, 10, 100]`` when ``γ₀ = 0``) at
@@ -67,8 +72,8 @@ that happen within their length.
 pilots, plus 3 per extra γ and 2 for SGNHT: up to 4 chains (2 when 4 would leave fewer than 48 steps each, 1 when
 2 would leave fewer than 24), one third burn-in, two thirds draws (a draw every step). A pilot at a small step
 burns in longer, for ``5/(εκ̂)`` steps (five relaxation times of the stiffest mode), but never longer than the
-main run's ``burnin_steps``. A pilot that would cross the budget is not run. The probe (one pass for ``L0``,
-``HVP_ITERATIONS`` Hessian-vector products) is not counted.
+main run's ``burnin_steps``. A pilot that would cross the budget is not run. Neither the preparation of the problem
+(its pass for ``L0``) nor the probe (``HVP_ITERATIONS`` Hessian-vector products on the first batch) is counted.
 
 SGNHT has no MALA acceptance: its search runs SGLD at the same ε (same stability limit ``εκ < 4``, see
 :mod:`lambdahat.samplers.sgnht`), and an SGNHT pilot then confirms the step (stable and stationary), stepping
@@ -86,14 +91,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import diagnostics
-from .anchor import anchor_loss_and_direction
-from .data import DataFeed
-from .estimator import LLCEstimator, _input_dtype, _resolve_devices
-from .functional import FunctionalModel, select_parameters
+from .config import LLCConfig
+from .functional import FunctionalModel
+from .problem import Problem, prepare, run_chains
 from .result import LLCResult
 from .rng import resolve_seed
 from .samplers.base import project
@@ -102,12 +105,16 @@ __all__ = [
     "LR_MAX",
     "LR_MIN",
     "PILOT_TREND_P_VALUE",
+    "TARGET_ACCEPTANCE",
     "Calibration",
     "CalibrationError",
     "calibrate",
+    "calibrate_problem",
     "calibrated_estimator",
 ]
 
+#: Default least mean MALA acceptance of a passing pilot (``target_acceptance``).
+TARGET_ACCEPTANCE = 0.9
 #: A pilot is stationary when the two-sided p-value of its trend t statistic is at least this.
 PILOT_TREND_P_VALUE = 0.01
 #: Largest and smallest step sizes the search tries.
@@ -161,7 +168,7 @@ class CalibrationError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Calibration:
-    """The outcome of :func:`calibrate`.
+    """The outcome of :func:`calibrate_problem` (and :func:`calibrate`).
 
     Attributes
     ----------
@@ -198,7 +205,7 @@ class Calibration:
     pilot_burnin_steps: int = 0
     pilot_draws: int = 0
     curvature: float = math.nan
-    target_acceptance: float = 0.9
+    target_acceptance: float = TARGET_ACCEPTANCE
 
     def __str__(self) -> str:
         cols = ["learning_rate", "localization", "eps_kappa", "mala_acceptance", "trend_p", "n_diverged"]
@@ -219,43 +226,72 @@ class Calibration:
             f"pilots={len(self.table)}, pilot_chain_steps={self.pilot_chain_steps})"
         )
 
+    def summary(self) -> dict[str, Any]:
+        """The calibration as plain JSON-able data (what :func:`lambdahat.sample` records in
+        ``result.settings["calibration"]``): every attribute, with ``table`` as ``pilots``, one record per pilot.
 
-def calibrated_estimator(estimator: LLCEstimator, calibration: Calibration) -> LLCEstimator:
-    """A copy of ``estimator`` with the calibrated ``learning_rate`` and ``localization`` (all else unchanged).
+        Numbers are Python ``int``, ``float`` and ``bool``; non-finite ones (the trend p-value of a one-chain pilot,
+        κ̂ when it could not be estimated) are ``None``, so ``json.dumps(summary, allow_nan=False)`` works.
+
+        Examples
+        --------
+        >>> import json
+        >>> s = Calibration(1e-3, 10.0, pd.DataFrame(columns=_COLUMNS), "by hand", 0).summary()
+        >>> s["learning_rate"], s["curvature"], s["pilots"]
+        (0.001, None, [])
+        >>> json.loads(json.dumps(s, allow_nan=False)) == s
+        True
+        """
+        records = self.table.to_dict(orient="records")
+        return {
+            "learning_rate": _plain(float(self.learning_rate)),
+            "localization": _plain(float(self.localization)),
+            "reason": str(self.reason),
+            "pilot_chain_steps": int(self.pilot_chain_steps),
+            "budget_chain_steps": int(self.budget_chain_steps),
+            "pilot_chains": int(self.pilot_chains),
+            "pilot_burnin_steps": int(self.pilot_burnin_steps),
+            "pilot_draws": int(self.pilot_draws),
+            "curvature": _plain(float(self.curvature)),
+            "target_acceptance": _plain(float(self.target_acceptance)),
+            "pilots": [{str(k): _plain(v) for k, v in row.items()} for row in records],
+        }
+
+
+def calibrated_estimator(estimator: Any, calibration: Calibration) -> Any:
+    """A copy of ``estimator`` (an ``LLCEstimator`` or an ``LLCConfig``) with the calibrated ``learning_rate`` and
+    ``localization``, all else unchanged.
 
     Examples
     --------
+    >>> from lambdahat import LLCEstimator
     >>> cal = Calibration(1e-3, 10.0, pd.DataFrame(), "by hand", 0)
     >>> est = calibrated_estimator(LLCEstimator(draws=50), cal)
     >>> est.learning_rate, est.localization, est.draws
     (0.001, 10.0, 50)
+    >>> calibrated_estimator(LLCConfig(learning_rate="auto"), cal).learning_rate
+    0.001
     """
-    if not isinstance(estimator, LLCEstimator):
-        raise ValueError(
-            f"calibrated_estimator: estimator must be an LLCEstimator; got {type(estimator).__name__}."
-        )
+    _config_of(estimator, "calibrated_estimator", allow_none=False)
     if not isinstance(calibration, Calibration):
         raise ValueError(
             "calibrated_estimator: calibration must be the Calibration returned by calibrate; got "
             f"{type(calibration).__name__}."
         )
-    return _copy_estimator(
-        estimator, learning_rate=calibration.learning_rate, localization=calibration.localization
-    )
+    return estimator.replace(learning_rate=calibration.learning_rate, localization=calibration.localization)
 
 
-def _copy_estimator(est: LLCEstimator, **changes: Any) -> LLCEstimator:
-    """A new estimator with the settings of ``est`` and ``changes``.
-
-    The copy always has a numeric learning rate: an estimator whose ``learning_rate`` is ``"auto"`` gets a
-    placeholder (pilots pass their own ε to ``run``), so a pilot can never start another calibration.
-    """
-    lr = est.learning_rate if isinstance(est.learning_rate, int | float) else LR_MIN
-    return est.replace(**{"learning_rate": lr, **changes})
+def _plain(value: Any) -> Any:
+    """A JSON-able scalar: numpy scalars as Python ones, non-finite floats as ``None``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------
-# The probe: L0 and the curvature scale at w*
+# The probe: the curvature scale at w*
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -301,15 +337,6 @@ def _hessian_top(fm: FunctionalModel, x, y, u: torch.Tensor | None, seed: int) -
             break
         v = hv
     return rayleigh if math.isfinite(rayleigh) else math.nan
-
-
-def _probe(model, loader, criterion_fn, unpack_fn, device, est: LLCEstimator, params, seed: int):
-    """``(init, nβ, |λ_max(∇²L_B(w*))|)`` with ``init = (L0, u)`` shared by every pilot."""
-    fm = FunctionalModel(model, criterion_fn, device, est.dtype, select_parameters(model, params))
-    feed = DataFeed(loader, unpack_fn, fm.device, seed, _input_dtype(est.dtype))
-    init = anchor_loss_and_direction(fm, feed, est.restrict_to_orth_grad)
-    x, y = next(iter(feed))  # the first batch the pilots see
-    return init, est._resolve_nbeta(loader), _hessian_top(fm, x, y, init[1], seed)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -495,7 +522,7 @@ def _search(pilots: _Pilots, gamma: float, top: float, kappa: float, need_positi
     return passed, failed_above, note
 
 
-def _pilot_size(est: LLCEstimator, budget: int, planned: int) -> tuple[int, int, int]:
+def _pilot_size(est: LLCConfig, budget: int, planned: int) -> tuple[int, int, int]:
     """(chains, shortest burn-in, draws) of the pilots: an equal share of the budget for ``planned`` pilots."""
     main_len = est.burnin_steps + est.draws * est.steps_bw_draws
     share = budget // planned
@@ -531,102 +558,37 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-# ----------------------------------------------------------------------------------------------------
-# The public entry point
-# ----------------------------------------------------------------------------------------------------
+def _config_of(estimator: Any, who: str, *, allow_none: bool) -> LLCConfig:
+    """The :class:`~lambdahat.LLCConfig` behind ``estimator``: an ``LLCEstimator``'s ``.config``, an ``LLCConfig``
+    itself, or (``allow_none``) the defaults for ``None``. Duck-typed, so this module needs no estimator import."""
+    if estimator is None and allow_none:
+        return LLCConfig()
+    config = getattr(estimator, "config", estimator)
+    if not isinstance(config, LLCConfig) or not callable(getattr(estimator, "replace", None)):
+        allowed = "an LLCEstimator, an LLCConfig or None" if allow_none else "an LLCEstimator or an LLCConfig"
+        raise ValueError(f"{who}: estimator must be {allowed}; got {type(estimator).__name__}.")
+    return config
 
 
-def calibrate(
-    model: nn.Module,
-    loader,
-    estimator: LLCEstimator | None = None,
-    *,
-    criterion_fn: Callable = F.cross_entropy,
-    unpack_fn: Callable | None = None,
-    devices="cpu",
-    seed: int | None = 0,
-    target_acceptance: float = 0.9,
-    max_step_bias: float | None = 0.05,
-    tune_localization: bool = False,
-    localizations: Sequence[float] | None = None,
-    budget_fraction: float = 0.3,
-    show_progress: bool = False,
-    params=None,
-    chain_batch: int | None = None,
-) -> Calibration:
-    """Choose the step size ε (and, if asked, the localization γ) of ``estimator`` from short pilot runs.
-
-    ε is the largest tested step, at most the bias cap ``(4b/(1 + b))/κ̂`` (``b = max_step_bias``), whose pilot
-    has no divergence, a MALA acceptance of at least ``target_acceptance`` and a trend p-value of at least
-    ``PILOT_TREND_P_VALUE`` (0.01); the module docstring gives the search and the thresholds in full.
-
-    Parameters
-    ----------
-    model, loader, criterion_fn, unpack_fn, devices, params, chain_batch, show_progress:
-        As in :meth:`LLCEstimator.estimate_llc`. Pilots run eagerly (they are short).
-    estimator:
-        The estimator of the main run (default ``LLCEstimator()``): pilots use its sampler, nβ, localization,
-        dtype, weight decay, restriction and bounding box, and its size sets the budget. Its ``learning_rate``
-        is not used (it may be ``"auto"``): every pilot runs at an explicit ε.
-    seed:
-        Master seed of every pilot (the same for all: neighbouring steps are compared on the same noise);
-        ``None`` draws one.
-    target_acceptance:
-        Least mean MALA acceptance of a passing pilot, in (0, 1) (default 0.9).
-    max_step_bias:
-        ``b`` in (0, 1): cap ε at ``(4b/(1 + b))/κ̂`` so that SGLD's step inflates the stationary variance of
-        the stiffest direction, ``1/(1 − εκ/4)``, by at most ``1 + b``; on a quadratic λ̂ is then biased by at
-        most ``b``. Default 0.05 (5 %; ``εκ̂ ≤ 0.19``): without it the 0.9-acceptance step overestimates λ̂ by
-        about 14 % in d = 10. ``None`` disables the cap. Not applied to RMSProp-SGLD (the reason says so).
-    tune_localization:
-        Also choose γ: the smallest value of the ladder at which a step passes and gives ``λ̂ > 0``.
-    localizations:
-        γ ladder for ``tune_localization`` (default ``γ₀ · [0.1, 0.3, 1, 3, 10]``, ``[0, 1, 10, 100]`` when
-        ``γ₀ = 0``).
-    budget_fraction:
-        Upper bound of the pilots' chain-steps, as a fraction in (0, 1] of the main run's
-        ``chains × (burnin_steps + draws × steps_bw_draws)`` (default 0.3).
-
-    Returns
-    -------
-    Calibration
-
-    Raises
-    ------
-    ValueError
-        On invalid arguments, or when the budget cannot pay for useful pilots.
-    CalibrationError
-        When no step passes; the message says why and what to do, ``.table`` holds the pilots.
-
-    Examples
-    --------
-    >>> from lambdahat import truth
-    >>> case = truth.regular_case(10, n=1000)
-    >>> est = LLCEstimator(draws=200, chains=4, burnin_steps=100, localization=10.0)
-    >>> cal = calibrate(case.model, case.loader(100), est, criterion_fn=case.criterion_fn)
-    >>> cal.learning_rate * cal.curvature <= 4 * 0.05 / 1.05 and cal.pilot_chain_steps <= 0.3 * 4 * 300
-    True
-    >>> llcs = calibrated_estimator(est, cal).estimate_llc(
-    ...     case.model, case.loader(100), criterion_fn=case.criterion_fn, seed=0, compile=False,
-    ...     show_progress=False)
-    """
-    estimator = LLCEstimator() if estimator is None else estimator
-    if not isinstance(estimator, LLCEstimator):
-        raise ValueError(
-            f"calibrate: estimator must be an LLCEstimator or None; got {type(estimator).__name__}."
-        )
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"calibrate: model must be a torch.nn.Module; got {type(model).__name__}.")
+def _rule_options(
+    config: LLCConfig,
+    seed,
+    target_acceptance,
+    budget_fraction,
+    max_step_bias,
+    tune_localization,
+    localizations,
+) -> tuple[float, float, float | None, list[float]]:
+    """The validated options of the rule: ``(target, budget_fraction, max_step_bias, γ ladder)``."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0):
         raise ValueError(f"calibrate: seed must be a non-negative int or None; got {seed!r}.")
-    seed = resolve_seed(seed)
     target = _check_number("target_acceptance", target_acceptance, 0, 1, low_open=True, high_open=True)
     fraction = _check_number("budget_fraction", budget_fraction, 0, 1, low_open=True, high_open=False)
     if max_step_bias is not None:
         max_step_bias = _check_number("max_step_bias", max_step_bias, 0, 1, low_open=True, high_open=True)
     if not isinstance(tune_localization, bool):
         raise ValueError(f"calibrate: tune_localization must be True or False; got {tune_localization!r}.")
-    gamma0 = estimator.localization
+    gamma0 = config.localization
     if localizations is not None:
         if not tune_localization:
             raise ValueError("calibrate: localizations is the γ ladder of tune_localization=True; pass both.")
@@ -644,60 +606,137 @@ def calibrate(
         gammas = [gamma0 * f for f in (0.1, 0.3, 1.0, 3.0, 10.0)] if gamma0 > 0 else [0.0, 1.0, 10.0, 100.0]
     else:
         gammas = [gamma0]
+    return target, fraction, max_step_bias, gammas
 
-    name = estimator.sampler.name
-    main_steps = estimator.chains * (estimator.burnin_steps + estimator.draws * estimator.steps_bw_draws)
-    budget = math.floor(fraction * main_steps)
+
+# ----------------------------------------------------------------------------------------------------
+# The public entry points
+# ----------------------------------------------------------------------------------------------------
+
+
+def calibrate_problem(
+    problem: Problem,
+    config: LLCConfig,
+    *,
+    seed: int | None = None,
+    chain_batch: int | None = None,
+    show_progress: bool = False,
+    target_acceptance: float = TARGET_ACCEPTANCE,
+    budget_fraction: float = 0.3,
+    max_step_bias: float | None = 0.05,
+    tune_localization: bool = False,
+    localizations: Sequence[float] | None = None,
+) -> Calibration:
+    """Choose the step size ε (and, if asked, the localization γ) of ``config`` from short pilot runs on a
+    prepared problem.
+
+    ε is the largest tested step, at most the bias cap ``(4b/(1 + b))/κ̂`` (``b = max_step_bias``), whose pilot
+    has no divergence, a MALA acceptance of at least ``target_acceptance`` and a trend p-value of at least
+    ``PILOT_TREND_P_VALUE`` (0.01); the module docstring gives the search and the thresholds in full. Every pilot
+    is :func:`~lambdahat.problem.run_chains` on ``problem`` (its ``L0``, orthogonal direction, nβ and compile
+    setting); κ̂ comes from Hessian-vector products of the first slot's model on the first batch of the pilots'
+    data order.
+
+    Parameters
+    ----------
+    problem:
+        From :func:`lambdahat.prepare`.
+    config:
+        The settings of the main run: pilots use its sampler, nβ, localization, weight decay and bounding box,
+        and its size sets the budget. Its ``learning_rate`` is not used (it may be ``"auto"``): every pilot runs
+        at an explicit ε. The settings fixed by the preparation must match the problem's.
+    seed:
+        Master seed of every pilot (the same for all: neighbouring steps are compared on the same noise);
+        ``None`` draws one.
+    chain_batch, show_progress:
+        As in :func:`~lambdahat.problem.run_chains`, for each pilot.
+    target_acceptance:
+        Least mean MALA acceptance of a passing pilot, in (0, 1) (default ``TARGET_ACCEPTANCE`` = 0.9).
+    budget_fraction:
+        Upper bound of the pilots' chain-steps, as a fraction in (0, 1] of the main run's
+        ``chains × (burnin_steps + draws × steps_bw_draws)`` (default 0.3).
+    max_step_bias:
+        ``b`` in (0, 1): cap ε at ``(4b/(1 + b))/κ̂`` so that SGLD's step inflates the stationary variance of
+        the stiffest direction, ``1/(1 − εκ/4)``, by at most ``1 + b``; on a quadratic λ̂ is then biased by at
+        most ``b``. Default 0.05 (5 %; ``εκ̂ ≤ 0.19``): without it the 0.9-acceptance step overestimates λ̂ by
+        about 14 % in d = 10. ``None`` disables the cap. Not applied to RMSProp-SGLD (the reason says so).
+    tune_localization:
+        Also choose γ: the smallest value of the ladder at which a step passes and gives ``λ̂ > 0``.
+    localizations:
+        γ ladder for ``tune_localization`` (default ``γ₀ · [0.1, 0.3, 1, 3, 10]``, ``[0, 1, 10, 100]`` when
+        ``γ₀ = 0``).
+
+    Returns
+    -------
+    Calibration
+
+    Raises
+    ------
+    TypeError
+        When ``problem`` or ``config`` is of the wrong type.
+    ValueError
+        On invalid options, settings that differ from the preparation's, or when the budget cannot pay for useful
+        pilots.
+    CalibrationError
+        When no step passes; the message says why and what to do, ``.table`` holds the pilots.
+
+    Examples
+    --------
+    >>> from lambdahat import truth
+    >>> from lambdahat.problem import prepare, run_chains
+    >>> case = truth.regular_case(10, n=1000)
+    >>> problem = prepare(case.model, case.loader(100), criterion_fn=case.criterion_fn, compile=False)
+    >>> config = LLCConfig(draws=200, chains=4, burnin_steps=100, learning_rate="auto", localization=10.0)
+    >>> cal = calibrate_problem(problem, config, seed=0)
+    >>> result = run_chains(problem, config.replace(learning_rate=cal.learning_rate), seed=0, show_progress=False)
+    >>> result.init_loss == problem.init_loss and result.learning_rate == cal.learning_rate
+    True
+    """
+    if not isinstance(problem, Problem):
+        raise TypeError(f"calibrate: problem must come from lambdahat.prepare; got {type(problem).__name__}.")
+    if not isinstance(config, LLCConfig):
+        raise TypeError(f"calibrate: config must be an LLCConfig; got {type(config).__name__}.")
+    problem.check(config)
+    target, fraction, max_step_bias, gammas = _rule_options(
+        config, seed, target_acceptance, budget_fraction, max_step_bias, tune_localization, localizations
+    )
+    seed = resolve_seed(seed)
+
+    name = config.sampler
+    budget = math.floor(fraction * config.chains * config.total_steps)
     planned = PLANNED_PILOTS + 3 * (len(gammas) - 1) + (2 if name == "sgnht" else 0)
-    p_chains, p_burnin, p_draws = _pilot_size(estimator, budget, planned)
-    device = _resolve_devices(devices)[0]
-    init, nbeta, hessian_top = _probe(model, loader, criterion_fn, unpack_fn, device, estimator, params, seed)
+    p_chains, p_burnin, p_draws = _pilot_size(config, budget, planned)
+    nbeta = problem.nbeta(config)
+    x, y = next(iter(problem.feed(0, seed)))  # the first batch the pilots see
+    hessian_top = _hessian_top(problem.slots[0], x, y, problem.direction, seed)
 
-    # Pilot estimators: the main run's settings at pilot size, a draw every step; SGNHT searches with SGLD.
-    estimators: dict[tuple[int, bool], LLCEstimator] = {}
-
-    def pilot_estimator(burnin: int, confirm: bool) -> LLCEstimator:
-        if (burnin, confirm) not in estimators:
-            size = dict(draws=p_draws, chains=p_chains, burnin_steps=burnin, steps_bw_draws=1)
-            if name == "sgnht" and not confirm:
-                size.update(sampler="sgld", sampler_options={})
-            elif name == "rmsprop_sgld":
-                opts = dict(estimator.sampler_options)
-                opts["adapt_steps"] = min(opts.get("adapt_steps", burnin), burnin)
-                size.update(sampler=name, sampler_options=opts)
-            estimators[burnin, confirm] = _copy_estimator(estimator, **size)
-        return estimators[burnin, confirm]
+    def pilot_config(lr: float, gamma: float, burnin: int, confirm: bool) -> LLCConfig:
+        """The main run's settings at pilot size, a draw every step, at an explicit ε; SGNHT searches with SGLD."""
+        size: dict[str, Any] = dict(draws=p_draws, chains=p_chains, burnin_steps=burnin, steps_bw_draws=1)
+        if name == "sgnht" and not confirm:
+            size.update(sampler="sgld", sampler_options={})
+        elif name == "rmsprop_sgld":
+            opts = dict(config.sampler_options)
+            opts["adapt_steps"] = min(opts.get("adapt_steps", burnin), burnin)
+            size.update(sampler_options=opts)
+        return config.replace(**size, learning_rate=lr, localization=gamma)  # never "auto": no recursion
 
     def run(lr: float, gamma: float, burnin: int, confirm: bool) -> tuple[str, LLCResult]:
-        est = pilot_estimator(burnin, confirm)
+        pilot = pilot_config(lr, gamma, burnin, confirm)
         with warnings.catch_warnings():  # a diverged pilot is expected; numpy warns on its empty traces
             warnings.simplefilter("ignore", RuntimeWarning)
-            result = est.run(
-                model,
-                loader,
-                criterion_fn=criterion_fn,
-                unpack_fn=unpack_fn,
-                devices=devices,
-                chain_batch=chain_batch,
-                seed=seed,
-                compile=False,
-                show_progress=show_progress,
-                params=params,
-                warn=False,
-                nbeta=nbeta,
-                learning_rate=lr,  # always explicit: a pilot never calibrates
-                localization=gamma,
-                init=init,
+            result = run_chains(
+                problem, pilot, seed=seed, chain_batch=chain_batch, show_progress=show_progress, warn=False
             )
-        return est.sampler.name, result
+        return pilot.sampler, result
 
     def kappa(gamma: float) -> float:
-        return nbeta * hessian_top + gamma + estimator.weight_decay
+        return nbeta * hessian_top + gamma + config.weight_decay
 
     def burnin_for(lr: float, k: float) -> int:
         if name == "rmsprop_sgld" or not (k > 0):
             return p_burnin
-        return max(p_burnin, min(math.ceil(BURNIN_RELAXATIONS / (lr * k)), estimator.burnin_steps))
+        return max(p_burnin, min(math.ceil(BURNIN_RELAXATIONS / (lr * k)), config.burnin_steps))
 
     def top(k: float) -> tuple[float, str]:
         """``ε_top`` and how it was set."""
@@ -797,4 +836,97 @@ def calibrate(
         pilot_draws=p_draws,
         curvature=float(k),
         target_acceptance=float(target),
+    )
+
+
+def calibrate(
+    model: nn.Module,
+    loader,
+    estimator: Any = None,
+    *,
+    criterion_fn: Callable | None = None,
+    unpack_fn: Callable | None = None,
+    loss_fn: Callable | None = None,
+    devices="cpu",
+    seed: int | None = 0,
+    target_acceptance: float = TARGET_ACCEPTANCE,
+    max_step_bias: float | None = 0.05,
+    tune_localization: bool = False,
+    localizations: Sequence[float] | None = None,
+    budget_fraction: float = 0.3,
+    show_progress: bool = False,
+    params=None,
+    chain_batch: int | None = None,
+) -> Calibration:
+    """Choose the step size ε (and, if asked, the localization γ) of ``estimator`` from short pilot runs.
+
+    Prepares the problem (:func:`lambdahat.prepare`, eager: pilots are short) and calls :func:`calibrate_problem`
+    on it; to calibrate and then sample without preparing twice, use ``prepare`` and ``calibrate_problem`` (or
+    :func:`lambdahat.sample` with ``learning_rate="auto"``).
+
+    Parameters
+    ----------
+    model, loader, criterion_fn, unpack_fn, loss_fn, devices, params:
+        As in :meth:`LLCEstimator.estimate_llc <lambdahat.LLCEstimator.estimate_llc>`.
+    estimator:
+        The estimator of the main run: an ``LLCEstimator``, an ``LLCConfig`` or ``None`` (the defaults). Pilots
+        use its sampler, nβ, localization, dtype, weight decay, restriction and bounding box, and its size sets the
+        budget. Its ``learning_rate`` is not used (it may be ``"auto"``): every pilot runs at an explicit ε.
+    seed:
+        Master seed of every pilot (default 0; ``None`` draws one).
+    target_acceptance, max_step_bias, tune_localization, localizations, budget_fraction, chain_batch, show_progress:
+        As in :func:`calibrate_problem`.
+
+    Returns
+    -------
+    Calibration
+
+    Raises
+    ------
+    ValueError
+        On invalid arguments, or when the budget cannot pay for useful pilots.
+    CalibrationError
+        When no step passes; the message says why and what to do, ``.table`` holds the pilots.
+
+    Examples
+    --------
+    >>> from lambdahat import LLCEstimator, truth
+    >>> case = truth.regular_case(10, n=1000)
+    >>> est = LLCEstimator(draws=200, chains=4, burnin_steps=100, localization=10.0)
+    >>> cal = calibrate(case.model, case.loader(100), est, criterion_fn=case.criterion_fn)
+    >>> cal.learning_rate * cal.curvature <= 4 * 0.05 / 1.05 and cal.pilot_chain_steps <= 0.3 * 4 * 300
+    True
+    >>> llcs = calibrated_estimator(est, cal).estimate_llc(
+    ...     case.model, case.loader(100), criterion_fn=case.criterion_fn, seed=0, compile=False,
+    ...     show_progress=False)
+    """
+    config = _config_of(estimator, "calibrate", allow_none=True)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"calibrate: model must be a torch.nn.Module; got {type(model).__name__}.")
+    # Check the options before the preparation's pass over the data (calibrate_problem checks them again).
+    _rule_options(
+        config, seed, target_acceptance, budget_fraction, max_step_bias, tune_localization, localizations
+    )
+    problem = prepare(
+        model,
+        loader,
+        config,
+        criterion_fn=criterion_fn,
+        unpack_fn=unpack_fn,
+        loss_fn=loss_fn,
+        devices=devices,
+        params=params,
+        compile=False,
+    )
+    return calibrate_problem(
+        problem,
+        config,
+        seed=seed,
+        chain_batch=chain_batch,
+        show_progress=show_progress,
+        target_acceptance=target_acceptance,
+        budget_fraction=budget_fraction,
+        max_step_bias=max_step_bias,
+        tune_localization=tune_localization,
+        localizations=localizations,
     )

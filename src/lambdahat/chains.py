@@ -23,12 +23,20 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad_and_value, vmap
 
+from .config import Schedule
 from .data import DataFeed
 from .functional import FunctionalModel
 from .rng import ChainNoise
 from .samplers import Context, Hyper, Info, Sampler
 
-__all__ = ["COMPILE_SECONDS_GUESS", "Schedule", "StepFunction", "make_step", "run_chain_batch"]
+__all__ = [
+    "COMPILE_SECONDS_GUESS",
+    "Schedule",
+    "StepFunction",
+    "compiled_step_available",
+    "make_step",
+    "run_chain_batch",
+]
 
 #: What a first ``torch.compile`` of the step is assumed to cost when deciding whether compiling pays
 #: (measured 15–40 s on a 2-core CPU for the benchmark models; see benchmarks/RESULTS.md).
@@ -38,42 +46,43 @@ COMPILE_SECONDS_GUESS = 20.0
 AUTO_COMPILE_FACTOR = 3.0
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """``burnin_steps`` discarded steps, then ``draws`` draws taken every ``steps_bw_draws`` steps."""
-
-    draws: int
-    burnin_steps: int
-    steps_bw_draws: int
-
-    @property
-    def total_steps(self) -> int:
-        return self.burnin_steps + self.draws * self.steps_bw_draws
-
-    def draw_steps(self) -> torch.Tensor:
-        """Indices of the steps whose loss is a draw."""
-        return torch.arange(self.burnin_steps, self.total_steps, self.steps_bw_draws)
-
-
 def make_step(fm: FunctionalModel, sampler: Sampler, observe: bool = False) -> Callable:
-    """The pure step ``(state, frozen, buffers, x, y, noise, hyper, ctx[, ox, oy]) -> (state, info)`` for all chains.
+    """The pure step ``(state, frozen, buffers, x, y, noise, hyper, ctx[, ox, oy]) -> (state, info, count)`` for all
+    chains.
 
-    With ``observe`` the recorded loss (``info.loss``) is the loss on the observable batch ``(ox, oy)`` at the same
-    positions (data-refined LLC), while the sampler is still driven by ``(x, y)``.
+    ``count`` is the number of samples (tokens) that counted in the batch whose loss was recorded (the weight of the
+    draw, see :class:`~lambdahat.functional.Objective`). With ``observe`` the recorded loss (``info.loss``) is the
+    loss on the observable batch ``(ox, oy)`` at the same positions (data-refined LLC), while the sampler is still
+    driven by ``(x, y)``. In train mode the chains draw independent dropout masks (``vmap`` randomness
+    ``"different"``, from torch's global generator).
     """
     in_dims = (0, None, None, None, None)
-    grad_fn = vmap(grad_and_value(fm.loss), in_dims=in_dims)
-    loss_fn = vmap(fm.loss, in_dims=in_dims)
+    randomness = "different" if fm.model_mode == "train" else "error"
+    grad_fn = vmap(grad_and_value(fm.loss_and_count, has_aux=True), in_dims=in_dims, randomness=randomness)
+    loss_fn = vmap(fm.loss_and_count, in_dims=in_dims, randomness=randomness)
 
     def chain_step(state, frozen, buffers, x, y, noise, hyper, ctx, ox=None, oy=None):
-        grad, loss = grad_fn(state.theta, frozen, buffers, x, y)
+        grad, (loss, count) = grad_fn(state.theta, frozen, buffers, x, y)
         new_state, info = sampler.step(state, loss, grad, noise, hyper, ctx)
         if observe:
             with torch.no_grad():
-                info = info._replace(loss=loss_fn(state.theta, frozen, buffers, ox, oy))
-        return new_state, info
+                observed, count = loss_fn(state.theta, frozen, buffers, ox, oy)
+            info = info._replace(loss=observed)
+        return new_state, info, count[0]
 
     return chain_step
+
+
+def make_recorder(fm: FunctionalModel) -> Callable:
+    """``(theta [C, D], frozen, buffers, x, y) -> [C, B(, T)]`` per-sample (per-token) losses of all chains."""
+    randomness = "different" if fm.model_mode == "train" else "error"
+    per_sample = vmap(fm.per_sample_losses, in_dims=(0, None, None, None, None), randomness=randomness)
+
+    def record(theta, frozen, buffers, x, y):
+        with torch.no_grad():
+            return per_sample(theta, frozen, buffers, x, y)
+
+    return record
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -140,6 +149,37 @@ class StepFunction:
         return out
 
 
+@dataclass
+class ChainTrace:
+    """What a chain batch produced, on the host.
+
+    Attributes
+    ----------
+    info:
+        ``[len(Info._fields), chains, steps]``: every field of :class:`~lambdahat.samplers.Info` at every step.
+    counts:
+        ``[steps]``: samples (tokens) that counted in the batch of each recorded loss.
+    per_sample:
+        ``[chains, draws, samples(, tokens)]`` losses of the evaluation set at every draw, or ``None``.
+    """
+
+    info: torch.Tensor
+    counts: torch.Tensor
+    per_sample: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """A fixed set of batches, already on the device, whose per-sample losses are recorded at every draw.
+
+    ``shape`` is ``(samples,)`` or ``(samples, tokens)`` (the longest ``tokens`` of its batches; shorter batches are
+    padded with NaN)."""
+
+    batches: tuple[tuple[object, object], ...]
+    sizes: tuple[int, ...]
+    shape: tuple[int, ...]
+
+
 def run_chain_batch(
     step_fn: StepFunction,
     fm: FunctionalModel,
@@ -152,31 +192,45 @@ def run_chain_batch(
     ctx: Context,
     on_step: Callable[[], None] | None = None,
     observables: DataFeed | None = None,
-) -> torch.Tensor:
+    evaluation: EvaluationSet | None = None,
+) -> ChainTrace:
     """Run the chains ``chains`` (global indices) from ``w*`` for the whole schedule.
 
-    With ``observables`` the recorded loss is taken on its batches (see :func:`make_step`).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[len(Info._fields), len(chains), total_steps]`` on the host: every field of
-        :class:`~lambdahat.samplers.Info` at every step.
+    With ``observables`` the recorded loss is taken on its batches (see :func:`make_step`); with ``evaluation``
+    the per-sample losses of that set are recorded at every draw. Nothing is copied to the host before the end.
     """
     n_chains, dim, steps = len(chains), fm.layout.dim, schedule.total_steps
     state = sampler.init(fm.w_star.expand(n_chains, dim).contiguous())
     noise = ChainNoise(seed, chains, dim, fm.device, fm.param_dtype)
     trace = torch.empty(len(Info._fields), n_chains, steps, device=fm.device, dtype=fm.param_dtype)
+    counts = torch.empty(steps, device=fm.device, dtype=fm.param_dtype)
     batches = iter(feed)
     observed = iter(observables) if observables is not None else None
+    records, recorder = None, None
+    if evaluation is not None:
+        records = torch.full(
+            (n_chains, schedule.draws, *evaluation.shape), float("nan"), device=fm.device, dtype=fm.param_dtype
+        )
+        recorder = make_recorder(fm)
+    first_draw, every = schedule.burnin_steps, schedule.steps_bw_draws
     for s in range(steps):
         x, y = next(batches)
         extra = next(observed) if observed is not None else ()
-        state, info = step_fn(state, fm.frozen, fm.buffers, x, y, noise.draw(), hyper, ctx, *extra)
+        if records is not None and s >= first_draw and (s - first_draw) % every == 0:
+            draw, offset = (s - first_draw) // every, 0
+            for (ex, ey), size in zip(evaluation.batches, evaluation.sizes):
+                losses = recorder(state.theta, fm.frozen, fm.buffers, ex, ey)
+                target = records[:, draw, offset : offset + size]
+                if losses.dim() > 2:
+                    target = target[..., : losses.shape[-1]]
+                target.copy_(losses)
+                offset += size
+        state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise.draw(), hyper, ctx, *extra)
         trace[:, :, s] = torch.stack(info)
+        counts[s] = count
         if on_step is not None:
             on_step()
-    return trace.cpu()
+    return ChainTrace(trace.cpu(), counts.cpu(), None if records is None else records.cpu())
 
 
 def predicted_eager_seconds(
@@ -206,3 +260,8 @@ def predicted_eager_seconds(
         times.append(time.perf_counter() - start)
     times = sorted(times[1:])
     return times[len(times) // 2] * steps
+
+
+def compiled_step_available(model_key, signature) -> bool:
+    """Whether a compiled step for this model object and signature is already in memory."""
+    return signature in _COMPILED.get(model_key, {})

@@ -15,12 +15,36 @@ from dataclasses import dataclass
 
 import torch
 
-from .chains import Schedule, StepFunction, run_chain_batch
+from .chains import ChainTrace, EvaluationSet, Schedule, StepFunction, run_chain_batch
 from .data import DataFeed
 from .functional import FunctionalModel
 from .samplers import Context, Hyper, Sampler
 
-__all__ = ["SlotJob", "plan_chain_batches", "run_slots"]
+__all__ = ["SlotJob", "plan_chain_batches", "resolve_devices", "run_slots"]
+
+
+def resolve_devices(devices) -> list[torch.device]:
+    """The device slots: a device or a list of devices (the same device may be listed twice); CUDA without an
+    index means the current device. Errors say what to pass."""
+    items = list(devices) if isinstance(devices, list | tuple) else [devices]
+    if not items:
+        raise ValueError(
+            "estimate_llc: devices is empty; pass a device such as 'cpu' or ['cuda:0', 'cuda:1']."
+        )
+    resolved = []
+    for d in items:
+        try:
+            dev = torch.device(d)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"estimate_llc: {d!r} is not a device; pass e.g. 'cpu', 'cuda:0'.") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"estimate_llc: device {d!r} asked for, but CUDA is not available here; pass 'cpu'."
+            )
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        resolved.append(dev)
+    return resolved
 
 
 def plan_chain_batches(chains: int, chain_batch: int | None, slots: int) -> dict[int, list[list[int]]]:
@@ -44,6 +68,7 @@ class SlotJob:
     observables: DataFeed | None
     hyper: Hyper
     ctx: Context
+    evaluation: EvaluationSet | None = None
 
 
 def run_slots(
@@ -53,10 +78,10 @@ def run_slots(
     seed: int,
     schedule: Schedule,
     on_step: Callable[[], None] | None = None,
-) -> torch.Tensor:
-    """Run every planned chain batch; returns the ``[fields, chains, steps]`` trace ordered by chain."""
+) -> ChainTrace:
+    """Run every planned chain batch; returns the traces of all chains, ordered by chain."""
 
-    def run_slot(slot: int) -> list[tuple[list[int], torch.Tensor]]:
+    def run_slot(slot: int) -> list[tuple[list[int], ChainTrace]]:
         job = jobs[slot]
         device_scope = torch.cuda.device(job.fm.device) if job.fm.device.type == "cuda" else nullcontext()
         with device_scope:
@@ -75,6 +100,7 @@ def run_slots(
                         job.ctx,
                         on_step=on_step,
                         observables=job.observables,
+                        evaluation=job.evaluation,
                     ),
                 )
                 for chains in plan[slot]
@@ -87,4 +113,10 @@ def run_slots(
         with ThreadPoolExecutor(max_workers=len(slots)) as pool:
             pieces = [piece for part in pool.map(run_slot, slots) for piece in part]
     pieces.sort(key=lambda item: item[0][0])
-    return torch.cat([trace for _, trace in pieces], dim=1)
+    traces = [trace for _, trace in pieces]
+    records = [t.per_sample for t in traces]
+    return ChainTrace(
+        info=torch.cat([t.info for t in traces], dim=1),
+        counts=traces[0].counts,
+        per_sample=None if records[0] is None else torch.cat(records, dim=0),
+    )

@@ -1,7 +1,9 @@
-"""Diagnostics of the loss traces: divergence, R-hat, ESS, MALA acceptance, stationarity, and plain-language advice.
+"""Statistics of the traces: divergence, R-hat, ESS and the across-chain trend test.
 
 All functions take traces shaped ``(chain, draw)``. Statistically undefined input gives NaN, never an exception.
 R-hat (rank-normalized split R-hat, Vehtari et al. 2021) and the bulk effective sample size come from arviz.
+Whether the numbers are good enough (the thresholds and the plain-language advice) is decided in one place,
+:mod:`lambdahat.trust`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import warnings
 import numpy as np
 import torch
 
+from .trust import TREND_P_VALUE
+
 __all__ = [
     "DIVERGENCE_FACTOR",
-    "LOW_ACCEPTANCE",
-    "advice",
+    "TREND_P_VALUE",
     "divergence",
     "effective_sample_size",
     "r_hat",
@@ -23,12 +26,7 @@ __all__ = [
     "trend_z",
 ]
 
-#: Mean MALA acceptance below this earns a warning. On a 4-dimensional Gaussian, acceptance 0.84 already came
-#: with a 30 % upward bias of λ̂ and 0.6 with a fourfold one (tests/test_estimator.py).
-LOW_ACCEPTANCE = 0.8
-
-#: The trace counts as drifting when the two halves of the draws differ at this two-sided significance level.
-TREND_P_VALUE = 1e-3
+# TREND_P_VALUE (re-exported for existing imports) is defined, with its reason, in lambdahat.trust.
 
 #: A finite loss counts as exploded when it exceeds ``L0 + DIVERGENCE_FACTOR * (1 + |L0|)``.
 DIVERGENCE_FACTOR = 1e4
@@ -70,7 +68,7 @@ def _arviz_stat(fn_name: str, trace: np.ndarray) -> float:
 
 def r_hat(trace: np.ndarray | torch.Tensor) -> float:
     """Rank-normalized split R-hat of a ``(chain, draw)`` trace (NaN with fewer than 2 chains or 4 draws, or
-    non-finite values). Values above 1.1 say the chains disagree."""
+    non-finite values). Values above :data:`lambdahat.trust.MAX_RHAT` say the chains disagree."""
     return _arviz_stat("rhat", np.asarray(trace, dtype=np.float64))
 
 
@@ -106,47 +104,3 @@ def trend_p_value(t: float, chains: int) -> float:
     from scipy.stats import t as student_t
 
     return float(2 * student_t.sf(abs(t), chains - 1))
-
-
-def advice(
-    *,
-    llc_mean: float,
-    llc_std: float,
-    n_chains: int,
-    diverged: list[int],
-    mala_acceptance: float,
-    rhat: float,
-    trend: float,
-    trend_p: float = math.nan,
-) -> list[str]:
-    """Plain-language warnings about an estimate; an empty list when nothing looks wrong."""
-    notes = []
-    if diverged:
-        notes.append(
-            f"chains {diverged} diverged (non-finite or exploding loss) and are left out of llc_mean; "
-            "lower learning_rate or raise localization."
-        )
-    if len(diverged) == n_chains:
-        notes.append("every chain diverged: there is no estimate. Lower learning_rate by 10x and try again.")
-        return notes
-    if math.isfinite(mala_acceptance) and mala_acceptance < LOW_ACCEPTANCE:
-        notes.append(
-            f"mean MALA acceptance is {mala_acceptance:.2f} (a well-chosen step gives 0.9 or more): the step is "
-            "too large for the posterior's curvature, which biases λ̂ upward; lower learning_rate."
-        )
-    if math.isfinite(rhat) and rhat > 1.1:
-        notes.append(
-            f"R-hat of the loss traces is {rhat:.2f} (> 1.1): the chains disagree; run longer (more burnin_steps "
-            "and draws) or raise localization."
-        )
-    if trend_p < TREND_P_VALUE:
-        notes.append(
-            f"the loss trace is still drifting (t = {trend:+.1f} between the first and second half of the draws "
-            f"across chains, p = {trend_p:.1g}): raise burnin_steps, or learning_rate if the chains barely move."
-        )
-    if math.isfinite(llc_mean) and llc_mean < 0:
-        notes.append(
-            f"λ̂ is negative ({llc_mean:.3g}): the chains found lower loss than w*, which is then not a local "
-            "minimum at this temperature; train further, raise localization or use restrict_to_orth_grad=True."
-        )
-    return notes

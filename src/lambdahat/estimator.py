@@ -1,4 +1,4 @@
-"""``LLCEstimator``: the public, canonical-interp-compatible entry point.
+"""The public entry points: :func:`sample` on a prepared problem, and ``LLCEstimator``, the canonical-interp facade.
 
 .. math::
 
@@ -6,145 +6,105 @@
     p(w) \\propto \\exp\\big(-n\\beta L_n(w) - \\tfrac{\\gamma}{2}\\|w - w^*\\|^2\\big)
 
 estimated by running ``chains`` SGLD-type chains from ``w*`` and averaging the minibatch loss of their draws.
+``LLCEstimator(...).estimate_llc(model, loader, ...)`` is ``sample(prepare(model, loader, config, ...), config)``
+with ``config = LLCConfig(...)`` built from the constructor's arguments.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .anchor import anchor_loss_and_direction
-from .chains import (
-    AUTO_COMPILE_FACTOR,
-    COMPILE_SECONDS_GUESS,
-    Schedule,
-    StepFunction,
-    predicted_eager_seconds,
-)
-from .data import DataFeed, dataset_size
-from .devices import SlotJob, plan_chain_batches, run_slots
-from .functional import FunctionalModel, select_parameters
+from .calibration import calibrate_problem
+from .config import LLCConfig
+from .functional import ParamSelection
+from .problem import Problem, nbeta_from_effective_size, prepare, run_chains
 from .result import LLCResult
 from .rng import resolve_seed
-from .samplers import Context, Hyper, get_sampler
 
-__all__ = ["LLCEstimator", "nbeta_from_effective_size"]
+__all__ = ["LLCEstimator", "nbeta_from_effective_size", "sample"]
 
 
-def nbeta_from_effective_size(n: int | float) -> float:
-    """The standard inverse temperature times sample size, ``nβ = n / log n`` (β = 1 / log n).
+def sample(
+    problem: Problem,
+    config: LLCConfig,
+    *,
+    seed: int | None = None,
+    chain_batch: int | None = None,
+    show_progress: bool = True,
+    warn: bool = True,
+) -> LLCResult:
+    """Run the chains of ``config`` on a prepared problem; ``learning_rate="auto"`` is calibrated first.
+
+    Parameters
+    ----------
+    problem:
+        From :func:`lambdahat.prepare`.
+    config:
+        The sampling settings (:class:`~lambdahat.LLCConfig`).
+    seed:
+        Master seed (``None``: drawn and recorded). Per-chain results depend on ``(seed, chain)`` only.
+    chain_batch:
+        Chains per device call (``None``: all chains of a device at once).
+    show_progress, warn:
+        A progress bar; the trust policy's warnings.
+
+    Returns
+    -------
+    LLCResult
+        With the calibration's evidence in ``settings["calibration"]`` when ε was chosen.
 
     Examples
     --------
-    >>> round(nbeta_from_effective_size(1000), 3)
-    144.765
+    >>> import torch, torch.nn.functional as F
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> from lambdahat import LLCConfig, prepare
+    >>> x = torch.randn(128, 3); y = x.sum(1, keepdim=True)
+    >>> problem = prepare(torch.nn.Linear(3, 1), DataLoader(TensorDataset(x, y), batch_size=32),
+    ...                   criterion_fn=F.mse_loss, compile=False)
+    >>> results = [sample(problem, LLCConfig(draws=20, chains=2, burnin_steps=10, learning_rate=lr),
+    ...                   seed=0, show_progress=False, warn=False) for lr in (1e-4, 3e-4)]
+    >>> [r.llcs.shape for r in results]
+    [torch.Size([2]), torch.Size([2])]
     """
-    if not n > 1:
-        raise ValueError(
-            f"nbeta_from_effective_size: n must be > 1 (n / log n is undefined otherwise); got {n}."
+    if not isinstance(problem, Problem):
+        raise TypeError(f"sample: problem must come from lambdahat.prepare; got {type(problem).__name__}.")
+    if not isinstance(config, LLCConfig):
+        raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
+    seed = resolve_seed(seed)
+    calibration = None
+    if config.learning_rate == "auto":
+        calibration = calibrate_problem(
+            problem, config, seed=seed, chain_batch=chain_batch, show_progress=show_progress
         )
-    return float(n) / math.log(n)
-
-
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"LLCEstimator: {name} must be an int >= {minimum}; got {value!r}.")
-    return value
-
-
-def _non_negative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"LLCEstimator: {name} must be a finite number >= 0; got {value!r}.")
-    return float(value)
-
-
-def _resolve_devices(devices) -> list[torch.device]:
-    items = list(devices) if isinstance(devices, list | tuple) else [devices]
-    if not items:
-        raise ValueError(
-            "estimate_llc: devices is empty; pass a device such as 'cpu' or ['cuda:0', 'cuda:1']."
-        )
-    resolved = []
-    for d in items:
-        try:
-            dev = torch.device(d)
-        except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"estimate_llc: {d!r} is not a device; pass e.g. 'cpu', 'cuda:0'.") from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"estimate_llc: device {d!r} asked for, but CUDA is not available here; pass 'cpu'."
-            )
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        resolved.append(dev)
-    return resolved
-
-
-def _loader_advice(loader, devices: list[torch.device]) -> None:
-    """Warn about DataLoader settings that stall a CUDA run (only where they matter)."""
-    if not any(d.type == "cuda" for d in devices) or not isinstance(loader, torch.utils.data.DataLoader):
-        return
-    if isinstance(loader.dataset, torch.utils.data.TensorDataset):
-        return
-    tips = []
-    if not loader.pin_memory:
-        tips.append("pin_memory=True")
-    if loader.num_workers == 0:
-        tips.append("num_workers>0")
-    elif not loader.persistent_workers:
-        tips.append("persistent_workers=True")
-    if tips:
-        warnings.warn(
-            f"estimate_llc: the loader is iterated for every chain batch; on CUDA set {', '.join(tips)} "
-            "to keep the device fed.",
-            UserWarning,
-            stacklevel=3,
-        )
+        config = config.replace(learning_rate=calibration.learning_rate)
+    result = run_chains(
+        problem, config, seed=seed, chain_batch=chain_batch, show_progress=show_progress, warn=warn
+    )
+    if calibration is not None:
+        settings = {**result.settings, "learning_rate": "auto", "calibration": calibration.summary()}
+        result = dataclasses.replace(result, settings=settings)
+    return result
 
 
 class LLCEstimator:
     """Estimate the local learning coefficient of a trained model with vmapped SGLD-type chains.
 
+    A thin facade over :func:`lambdahat.prepare` and :func:`lambdahat.sample` with the names of canonical-interp.
+    The constructor's arguments are those of :class:`~lambdahat.LLCConfig` (``self.config``).
+
     Parameters
     ----------
-    draws:
-        Draws per chain after burn-in (default 200).
-    chains:
-        Number of independent chains (default 10).
-    burnin_steps:
-        Steps discarded before the first draw (default 100).
-    steps_bw_draws:
-        Steps between consecutive draws (default 1).
-    learning_rate:
-        Step size ε (default 1e-5). Too large diverges or lowers MALA acceptance; too small does not mix.
-        ``"auto"``: chosen before every run by :func:`lambdahat.calibrate` from short pilot runs (at most 30 % of
-        the run's cost); the choice and its evidence are in ``get_metrics()["calibration"]``.
-    localization:
-        γ, strength of the pull towards ``w*`` (default 100).
-    nbeta:
-        nβ; ``None`` uses ``n / log n`` with ``n = len(loader.dataset)``.
-    dtype:
-        ``torch.float32`` (default) or ``torch.float64``: arithmetic in that precision; ``torch.bfloat16`` /
-        ``torch.float16``: forward under autocast, parameters and updates in float32.
-    sampler:
-        ``"sgld"`` (default), ``"rmsprop_sgld"`` or ``"sgnht"``.
-    weight_decay:
-        Coefficient of an extra ``(wd/2)||w||²`` term in the potential (default 0).
-    restrict_to_orth_grad:
-        Sample only in the hyperplane through ``w*`` orthogonal to the full-batch gradient at ``w*`` (default
-        False); makes ``w*`` a critical point of the restricted loss when it is not quite one.
-    bounding_box_size:
-        If given, clamp every coordinate to ``w* ± bounding_box_size`` after each step.
-    sampler_options:
-        Options of the sampler (``alpha``, ``eps``, ``adapt_steps`` (default ``burnin_steps``) for rmsprop_sgld;
-        ``diffusion`` for sgnht).
+    draws, chains, burnin_steps, steps_bw_draws, learning_rate, localization, nbeta, dtype:
+        See :class:`~lambdahat.LLCConfig` (defaults 200, 10, 100, 1, 1e-5, 100, ``None`` = n / log n, float32).
+        ``learning_rate="auto"`` is chosen before every run by :func:`lambdahat.calibrate` from short pilot runs;
+        the choice and its evidence are in ``get_metrics()["calibration"]``.
+    sampler, weight_decay, restrict_to_orth_grad, bounding_box_size, sampler_options, model_mode:
+        Keyword-only; see :class:`~lambdahat.LLCConfig`.
 
     Examples
     --------
@@ -167,110 +127,81 @@ class LLCEstimator:
         chains: int = 10,
         burnin_steps: int = 100,
         steps_bw_draws: int = 1,
-        learning_rate: float = 1e-5,
+        learning_rate: float | str = 1e-5,
         localization: float = 100.0,
         nbeta: float | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         *,
         sampler: str = "sgld",
         weight_decay: float = 0.0,
         restrict_to_orth_grad: bool = False,
         bounding_box_size: float | None = None,
         sampler_options: dict[str, Any] | None = None,
+        model_mode: str = "eval",
     ) -> None:
-        self.schedule = Schedule(
-            draws=_positive_int("draws", draws),
-            burnin_steps=_positive_int("burnin_steps", burnin_steps, minimum=0),
-            steps_bw_draws=_positive_int("steps_bw_draws", steps_bw_draws),
+        self.config = LLCConfig(
+            draws=draws,
+            chains=chains,
+            burnin_steps=burnin_steps,
+            steps_bw_draws=steps_bw_draws,
+            learning_rate=learning_rate,
+            localization=localization,
+            nbeta=nbeta,
+            dtype=dtype,
+            sampler=sampler,
+            sampler_options=dict(sampler_options or {}),
+            weight_decay=weight_decay,
+            bounding_box_size=bounding_box_size,
+            restrict_to_orth_grad=restrict_to_orth_grad,
+            model_mode=model_mode,
         )
-        self.draws, self.burnin_steps, self.steps_bw_draws = draws, burnin_steps, steps_bw_draws
-        self.chains = _positive_int("chains", chains)
-        if isinstance(learning_rate, str):
-            if learning_rate != "auto":
-                raise ValueError(
-                    f"LLCEstimator: learning_rate must be a positive float or 'auto'; got {learning_rate!r}."
-                )
-            self.learning_rate: float | str = "auto"
-        else:
-            self.learning_rate = _non_negative("learning_rate", learning_rate)
-            if self.learning_rate == 0:
-                raise ValueError("LLCEstimator: learning_rate must be > 0; got 0.")
-        self.localization = _non_negative("localization", localization)
-        self.nbeta = None if nbeta is None else _non_negative("nbeta", nbeta)
-        if self.nbeta == 0:
-            raise ValueError("LLCEstimator: nbeta must be > 0; got 0.")
-        self.dtype = dtype
-        self.weight_decay = _non_negative("weight_decay", weight_decay)
-        self.restrict_to_orth_grad = bool(restrict_to_orth_grad)
-        self.bounding_box_size = (
-            None if bounding_box_size is None else _non_negative("bounding_box_size", bounding_box_size)
-        )
-        self._sampler_spec, self._user_sampler_options = sampler, dict(sampler_options or {})
-        self.sampler_options = dict(sampler_options or {})
-        if sampler == "rmsprop_sgld":
-            self.sampler_options.setdefault("adapt_steps", burnin_steps)
-        try:
-            self.sampler = get_sampler(sampler, **self.sampler_options)
-        except TypeError as exc:
-            raise ValueError(
-                f"LLCEstimator: sampler_options {self.sampler_options} do not fit {sampler!r}: {exc}"
-            ) from exc
         self.result: LLCResult | None = None
 
+    @classmethod
+    def from_config(cls, config: LLCConfig) -> LLCEstimator:
+        """An estimator running ``config``."""
+        est = cls.__new__(cls)
+        est.config, est.result = config, None
+        return est
+
+    def __getattr__(self, name: str) -> Any:
+        # The settings read as attributes (est.draws, est.learning_rate, ...), as in canonical-interp.
+        if name != "config" and name in LLCConfig.field_names():
+            return getattr(self.config, name)
+        raise AttributeError(f"LLCEstimator has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"LLCEstimator({self.config!r})"
+
     def replace(self, **changes: Any) -> LLCEstimator:
-        """A new estimator with this one's settings and ``changes`` (constructor arguments).
+        """A new estimator with this one's settings and ``changes`` (names of :class:`~lambdahat.LLCConfig`).
 
         Examples
         --------
         >>> LLCEstimator(draws=50).replace(chains=2).chains
         2
         """
-        settings = dict(
-            draws=self.draws,
-            chains=self.chains,
-            burnin_steps=self.burnin_steps,
-            steps_bw_draws=self.steps_bw_draws,
-            learning_rate=self.learning_rate,
-            localization=self.localization,
-            nbeta=self.nbeta,
-            dtype=self.dtype,
-            sampler=self._sampler_spec,
-            weight_decay=self.weight_decay,
-            restrict_to_orth_grad=self.restrict_to_orth_grad,
-            bounding_box_size=self.bounding_box_size,
-            sampler_options=dict(self._user_sampler_options),
-        )
-        unknown = sorted(set(changes) - set(settings))
-        if unknown:
-            raise TypeError(f"LLCEstimator.replace: unknown settings {unknown}; known: {sorted(settings)}.")
-        return LLCEstimator(**{**settings, **changes})
-
-    def _resolve_nbeta(self, loader) -> float:
-        if self.nbeta is not None:
-            return self.nbeta
-        n = dataset_size(loader)
-        if n is None:
-            raise ValueError(
-                "LLCEstimator: nbeta=None needs the data set size from len(loader.dataset), which this loader "
-                "does not have; pass nbeta=nbeta_from_effective_size(n) with your n."
-            )
-        if n < 2:
-            raise ValueError(f"LLCEstimator: the data set has {n} sample(s); nβ = n / log n needs n >= 2.")
-        return nbeta_from_effective_size(n)
+        try:
+            return LLCEstimator.from_config(self.config.replace(**changes))
+        except TypeError as exc:
+            raise TypeError(str(exc).replace("LLCConfig.replace", "LLCEstimator.replace")) from exc
 
     def estimate_llc(
         self,
         model: nn.Module,
         loader,
-        criterion_fn: Callable = F.cross_entropy,
+        criterion_fn: Callable | None = None,
         unpack_fn: Callable | None = None,
         devices: str | torch.device | Sequence[str | torch.device] = "cpu",
         chain_batch: int | None = None,
         seed: int | None = None,
         compile: bool | str = "auto",
         show_progress: bool = True,
-        params: str | Sequence[str] | dict[str, bool] | Callable[[str], bool] | None = None,
+        params: ParamSelection = None,
         observables=None,
+        *,
+        loss_fn: Callable | None = None,
+        evaluation=None,
     ) -> torch.Tensor:
         """Run the chains and return the per-chain λ̂ (``[chains]`` float tensor on the CPU).
 
@@ -282,9 +213,10 @@ class LLCEstimator:
             Iterable of batches, re-iterated for every pass (a ``DataLoader`` usually).
         criterion_fn:
             ``(outputs, targets) -> scalar`` mean loss (default ``F.cross_entropy``); outputs with ``.logits``
-            are unwrapped. The model is evaluated in eval mode.
+            are unwrapped; integer targets equal to -100 do not count, in L0 and in every draw alike.
         unpack_fn:
-            ``batch -> (inputs, targets)`` for batches that are not ``(x, y)`` pairs.
+            ``batch -> (inputs, targets)`` for batches that are not ``(x, y)`` pairs. Inputs that are a dict are
+            passed to the model as keyword arguments (``input_ids``, ``attention_mask``, ...).
         devices:
             A device or a list of devices; chain batches are spread over them and run concurrently.
         chain_batch:
@@ -300,11 +232,18 @@ class LLCEstimator:
         show_progress:
             Show a tqdm bar over steps.
         params:
-            Restrict sampling to these parameters (names, glob patterns, module prefixes, ``{name: bool}`` or a
-            predicate); the others stay at ``w*``. ``None`` samples every parameter that requires grad.
+            Restrict sampling to these parameters (names, glob patterns, module prefixes, ``{name: bool or
+            element mask}`` or a predicate); the others stay at ``w*``. ``None`` samples every parameter that
+            requires grad.
         observables:
             A second loader (same batch format) on which the draw losses and ``L0`` are evaluated while the
             sampler is driven by ``loader`` (data-refined LLC). ``nbeta=None`` still uses ``len(loader.dataset)``.
+        loss_fn:
+            ``(model, batch) -> per-sample losses [B]`` (or per-token ``[B, T]``, optionally with a mask);
+            replaces ``criterion_fn`` and ``unpack_fn``.
+        evaluation:
+            A loader of a fixed set whose per-sample losses are recorded at every draw
+            (``get_metrics()["per_sample_losses"]``, ``[chains, draws, samples(, tokens)]``).
 
         Returns
         -------
@@ -323,6 +262,8 @@ class LLCEstimator:
             show_progress=show_progress,
             params=params,
             observables=observables,
+            loss_fn=loss_fn,
+            evaluation=evaluation,
         )
         return self.result.llcs
 
@@ -330,175 +271,44 @@ class LLCEstimator:
         self,
         model: nn.Module,
         loader,
-        criterion_fn: Callable = F.cross_entropy,
+        criterion_fn: Callable | None = None,
         unpack_fn: Callable | None = None,
-        devices="cpu",
+        devices: str | torch.device | Sequence[str | torch.device] = "cpu",
         chain_batch: int | None = None,
         seed: int | None = None,
         compile: bool | str = "auto",
         show_progress: bool = True,
-        params=None,
+        params: ParamSelection = None,
         observables=None,
+        *,
+        loss_fn: Callable | None = None,
+        evaluation=None,
         warn: bool = True,
-        nbeta: float | None = None,
-        learning_rate: float | None = None,
-        localization: float | None = None,
-        init: tuple[float, torch.Tensor | None] | None = None,
     ) -> LLCResult:
-        """Like :meth:`estimate_llc` but returns the whole :class:`LLCResult`.
-
-        ``nbeta``, ``learning_rate`` and ``localization`` override the estimator's values for this run (used by
-        the grid search, which also passes ``init``, the ``(L0, u)`` computed once for all grid points).
-        """
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"estimate_llc: model must be a torch.nn.Module; got {type(model).__name__}.")
-        if compile not in (True, False, "auto"):
-            raise ValueError(f"estimate_llc: compile must be True, False or 'auto'; got {compile!r}.")
-        dev_list = _resolve_devices(devices)
-        if chain_batch is not None:
-            _positive_int("chain_batch", chain_batch)
-        seed = resolve_seed(seed)
-        nbeta = self._resolve_nbeta(loader) if nbeta is None else _non_negative("nbeta", nbeta)
-        calibration = None
-        if learning_rate is None and self.learning_rate == "auto":
-            from .calibration import calibrate
-
-            calibration = calibrate(
-                model,
-                loader,
-                self,
-                criterion_fn=criterion_fn,
-                unpack_fn=unpack_fn,
-                devices=devices,
-                seed=seed,
-                params=params,
-                chain_batch=chain_batch,
-                show_progress=show_progress,
-            )
-            learning_rate = calibration.learning_rate
-        lr = self.learning_rate if learning_rate is None else _non_negative("learning_rate", learning_rate)
-        gamma = self.localization if localization is None else _non_negative("localization", localization)
-        sampled = select_parameters(model, params)
-        _loader_advice(loader, dev_list)
-
-        # One functional copy of the model per device slot: threads never share a module object, not even
-        # when the same device is listed twice.
-        fms = [FunctionalModel(model, criterion_fn, dev, self.dtype, sampled) for dev in dev_list]
-        main = fms[0]
-        feed0 = DataFeed(loader, unpack_fn, main.device, seed, _input_dtype(self.dtype))
-        if init is None:
-            init = anchor_loss_and_direction(main, feed0, self.restrict_to_orth_grad)
-            if observables is not None:
-                obs_feed0 = DataFeed(observables, unpack_fn, main.device, seed, _input_dtype(self.dtype))
-                init = (anchor_loss_and_direction(main, obs_feed0, False)[0], init[1])
-        init_loss, direction = init
-        if not math.isfinite(init_loss):
-            raise ValueError(
-                f"estimate_llc: the loss at w* is {init_loss}; the model must have a finite loss on the data."
-            )
-
-        plan = plan_chain_batches(self.chains, chain_batch, len(dev_list))
-
-        def hyper_on(fm: FunctionalModel) -> Hyper:
-            t = lambda v: torch.tensor(v, device=fm.device, dtype=fm.param_dtype)  # noqa: E731
-            return Hyper(t(lr), t(nbeta), t(gamma))
-
-        def ctx_on(fm: FunctionalModel) -> Context:
-            u = None if direction is None else direction.to(fm.device)
-            return Context(fm.w_star, u, self.bounding_box_size, self.weight_decay)
-
-        if compile == "auto":
-            use_compile = _compiled_available(model, main, self, criterion_fn, observables is not None) or (
-                predicted_eager_seconds(
-                    main,
-                    self.sampler,
-                    len(plan[0][0]),
-                    feed0,
-                    hyper_on(main),
-                    ctx_on(main),
-                    self.schedule.total_steps,
-                )
-                * max(len(batches) for batches in plan.values())
-                > AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS
-            )
-        else:
-            use_compile = bool(compile)
-
-        in_dtype = _input_dtype(self.dtype)
-        jobs = [
-            SlotJob(
-                fm=fm,
-                step_fn=StepFunction(
-                    fm,
-                    self.sampler,
-                    use_compile,
-                    model_key=model,
-                    signature=(slot, observables is not None, *_signature(fm, self, criterion_fn)),
-                    observe=observables is not None,
-                ),
-                feed=DataFeed(loader, unpack_fn, fm.device, seed, in_dtype),
-                observables=None
-                if observables is None
-                else DataFeed(observables, unpack_fn, fm.device, seed + 1, in_dtype),
-                hyper=hyper_on(fm),
-                ctx=ctx_on(fm),
-            )
-            for slot, fm in enumerate(fms)
-        ]
-        total_steps = self.schedule.total_steps * sum(len(batches) for batches in plan.values())
-        with tqdm(
-            total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False
-        ) as bar:
-            trace = run_slots(jobs, plan, self.sampler, seed, self.schedule, on_step=lambda: bar.update(1))
-        settings = {
-            "sampler": self.sampler.name,
-            "chains": self.chains,
-            "draws": self.draws,
-            "burnin_steps": self.burnin_steps,
-            "steps_bw_draws": self.steps_bw_draws,
-            "weight_decay": self.weight_decay,
-            "restrict_to_orth_grad": self.restrict_to_orth_grad,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "devices": [str(d) for d in dev_list],
-            "chain_batch": len(plan[0][0]),
-            "compiled": any(job.step_fn.is_compiled for job in jobs),
-            "compile_seconds": sum(job.step_fn.compile_seconds for job in jobs),
-            "sampled_parameters": len(sampled),
-            "calibration": None if calibration is None else str(calibration),
-            "dim": main.layout.dim,
-        }
-        return LLCResult.from_trace(
-            trace, self.schedule, init_loss, nbeta, lr, gamma, seed, settings, warn=warn
+        """Like :meth:`estimate_llc` but returns the whole :class:`~lambdahat.LLCResult` (``warn=False``: no
+        warnings, the trust policy's notes stay in ``result.warnings``)."""
+        problem = prepare(
+            model,
+            loader,
+            self.config,
+            criterion_fn=criterion_fn,
+            unpack_fn=unpack_fn,
+            loss_fn=loss_fn,
+            devices=devices,
+            params=params,
+            observables=observables,
+            evaluation=evaluation,
+            compile=compile,
+        )
+        return sample(
+            problem, self.config, seed=seed, chain_batch=chain_batch, show_progress=show_progress, warn=warn
         )
 
     def get_metrics(self) -> dict[str, Any]:
         """Metrics of the last :meth:`estimate_llc` call: ``llc_mean``, ``llc_std``, ``llcs`` ``[chains]``,
         ``losses`` ``[chains, draws]``, ``losses_mean``, ``losses_std`` (of the final draws), ``init_loss``,
-        ``nbeta``, diagnostics (``mala_acceptance``, ``rhat``, ``ess``, ``llc_trace``, ``diverged``, ...),
-        ``seed`` and the run's settings."""
+        ``nbeta``, diagnostics (``mala_acceptance``, ``rhat``, ``ess``, ``llc_trace``, ``diverged``, ``status``,
+        ...), ``seed`` and the run's settings."""
         if self.result is None:
             raise RuntimeError("LLCEstimator.get_metrics: call estimate_llc first.")
         return self.result.to_metrics()
-
-
-def _input_dtype(dtype: torch.dtype) -> torch.dtype | None:
-    return torch.float64 if dtype == torch.float64 else None
-
-
-def _signature(fm: FunctionalModel, est: LLCEstimator, criterion_fn) -> tuple:
-    return (
-        fm.device,
-        est.dtype,
-        fm.layout,
-        criterion_fn,
-        est.sampler.name,
-        repr(est.sampler.step),
-        est.restrict_to_orth_grad,
-        est.bounding_box_size,
-    )
-
-
-def _compiled_available(model, fm, est, criterion_fn, observe: bool) -> bool:
-    from .chains import _COMPILED
-
-    return (0, observe, *_signature(fm, est, criterion_fn)) in _COMPILED.get(model, {})

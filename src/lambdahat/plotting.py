@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .result import LLCResult
+from .trust import MIN_ACCEPTANCE, acceptance_kind
 
 __all__ = ["CHAIN_COLORS", "DIVERGED_STYLE", "plot_diagnostics", "plot_trace"]
 
@@ -42,8 +43,9 @@ CHAIN_COLORS = (
 )
 _MEAN_STYLE = dict(color="black", linewidth=1.8)
 _BAND_STYLE = dict(color="tab:blue", alpha=0.2, linewidth=0)
-#: Reference acceptance of a well-tuned SGLD step (Furman & Lau 2024).
-TARGET_ACCEPTANCE = 0.9
+#: The reference line of the acceptance panel: the trust policy's least mean acceptance
+#: (:data:`lambdahat.trust.MIN_ACCEPTANCE`).
+TARGET_ACCEPTANCE = MIN_ACCEPTANCE
 
 
 def _check_result(result, who: str) -> LLCResult:
@@ -139,7 +141,14 @@ def _headline(result: LLCResult) -> str:
         return "λ̂ undefined: every chain diverged"
     se = result.llc_stderr
     se_txt = f" ± {se:.2g} (s.e.)" if math.isfinite(se) else ""
-    return f"λ̂ = {result.llc_mean:.4g}{se_txt}, {kept}/{len(result.diverged)} chains"
+    trust_txt = "" if result.status == "ok" else f" ({result.status})"
+    return f"λ̂ = {result.llc_mean:.4g}{se_txt}, {kept}/{len(result.diverged)} chains{trust_txt}"
+
+
+def _acceptance_kind(result: LLCResult) -> str:
+    """The result's acceptance kind; a result relabelled as SGNHT (no acceptance) counts as such."""
+    by_sampler = acceptance_kind(result.settings.get("sampler"))
+    return "not available" if by_sampler == "not available" else result.acceptance_kind
 
 
 def plot_trace(result: LLCResult, kind: str = "llc", ax: Axes | None = None) -> Figure:
@@ -198,30 +207,42 @@ def plot_trace(result: LLCResult, kind: str = "llc", ax: Axes | None = None) -> 
 
 def _summary_text(result: LLCResult, width: int = 48) -> str:
     div = np.flatnonzero(result.diverged.numpy()).tolist()
+    kind = _acceptance_kind(result)
+    if kind == "not available":
+        accept = f"MALA acceptance: not available for {result.settings.get('sampler')} (not checked)"
+    else:
+        accept = f"MALA acceptance (mean): {result.mala_acceptance:.3f} ({kind})"
     lines = [
         _headline(result),
         f"ε = {result.learning_rate:.3g}, γ = {result.localization:.3g}, nβ = {result.nbeta:.4g}",
-        f"MALA acceptance (mean): {result.mala_acceptance:.3f}",
+        accept,
         f"R-hat: {result.rhat:.3f}    ESS: {result.ess:.1f}",
-        f"trend_z: {result.trend_z:+.2f}",
+        f"trend_z: {result.trend_z:+.2f}    distance_trend_z: {result.distance_trend_z:+.2f}",
         f"diverged chains: {div if div else 'none'}",
     ]
+    lines.extend(textwrap.wrap(f"status: {result.status_line}", width, subsequent_indent="  "))
     if result.warnings:
         lines.append("warnings:")
         for note in result.warnings:
             lines.extend(textwrap.wrap(note, width, initial_indent="- ", subsequent_indent="  "))
     else:
         lines.append("warnings: none")
+    if result.trust_notes:
+        lines.append("notes:")
+        for note in result.trust_notes:
+            lines.extend(textwrap.wrap(note, width, initial_indent="- ", subsequent_indent="  "))
     return "\n".join(lines)
 
 
 def plot_diagnostics(result: LLCResult, axes: Sequence[Axes] | None = None) -> Figure:
     """The sampler's diagnostics in four panels.
 
-    Panels: (1) the MALA acceptance of every draw, averaged over the kept chains, with the 0.9 reference line;
-    (2) the distance ``||w − w*||`` of every chain; (3) the norm of the minibatch loss gradient of every chain;
-    (4) a text box with λ̂, ε, γ, nβ, the mean MALA acceptance, R-hat, ESS, trend_z, the diverged chains and
-    the result's warnings. Diverged chains are dashed red in panels 2 and 3; where chains diverged, the y axes are
+    Panels: (1) the MALA acceptance of every draw, averaged over the kept chains, with the trust policy's least
+    mean acceptance :data:`lambdahat.trust.MIN_ACCEPTANCE` as reference line; (2) the distance ``||w − w*||`` of
+    every chain; (3) the norm of the minibatch loss gradient of every chain; (4) a text box with λ̂, ε, γ, nβ, the
+    mean MALA acceptance and how it was obtained, R-hat, ESS, the trend statistics of the loss and the distance,
+    the diverged chains, the result's status (:attr:`~lambdahat.LLCResult.status_line`), its warnings and the
+    checks that could not be made. Diverged chains are dashed red in panels 2 and 3; where chains diverged, the y axes are
     scaled to the kept chains, so a diverged chain's exploding last values run off the panel.
 
     Parameters
@@ -248,14 +269,22 @@ def plot_diagnostics(result: LLCResult, axes: Sequence[Axes] | None = None) -> F
         ax_acc.plot(x, per_draw, color="tab:blue", linewidth=1.2, label="mean over kept chains")
         ax_acc.set_ylim(-0.02, 1.02)
     else:
-        reason = (
-            "every chain diverged" if not len(kept) else f"not defined for {result.settings.get('sampler')}"
-        )
+        if not len(kept):
+            reason = "every chain diverged"
+        elif _acceptance_kind(result) == "not available":
+            sampler = result.settings.get("sampler")
+            reason = f"not defined for {sampler}\n(no Metropolis–Hastings counterpart; not checked)"
+        else:
+            reason = "no draw has a defined value\n(a chain's first step has none; not checked)"
         ax_acc.text(
             0.5, 0.5, f"MALA acceptance: {reason}", ha="center", va="center", transform=ax_acc.transAxes
         )
     ax_acc.axhline(
-        TARGET_ACCEPTANCE, color="tab:green", linestyle="--", linewidth=1, label="0.9 (well tuned)"
+        TARGET_ACCEPTANCE,
+        color="tab:green",
+        linestyle="--",
+        linewidth=1,
+        label=f"{TARGET_ACCEPTANCE:g} (least trusted mean)",
     )
     ax_acc.set_title("MALA acceptance per draw")
     ax_acc.set_xlabel(xlabel)

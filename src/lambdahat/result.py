@@ -1,4 +1,4 @@
-"""The immutable result of an LLC estimate, with its diagnostics."""
+"""The immutable result of an LLC estimate, with its diagnostics and the verdict of the trust policy."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from . import diagnostics
-from .chains import Schedule
+from . import diagnostics, trust
+from .config import Schedule
 from .samplers import Info
 
 __all__ = ["LLCResult"]
@@ -20,7 +20,9 @@ __all__ = ["LLCResult"]
 class LLCResult:
     """Everything an LLC run produced. Traces are ``(chain, draw)`` CPU tensors.
 
-    The estimate of chain ``c`` is ``llcs[c] = nbeta * (losses[c].mean() - init_loss)``; ``llc_mean`` and
+    The estimate of chain ``c`` is ``llcs[c] = nbeta * (Σ_t c_t losses[c, t] / Σ_t c_t - init_loss)``, with
+    ``c_t`` the samples (tokens) that counted in the batch of draw ``t`` (all equal for equal batches, giving the
+    plain mean); ``llc_mean`` and
     ``llc_std`` are over the chains that did not diverge.
 
     Attributes
@@ -41,12 +43,35 @@ class LLCResult:
         ``[chains, draws]`` norms of the loss gradient, of the injected noise, and of ``w - w*`` at each draw.
     loss_trace:
         ``[chains, steps]`` loss at every step, burn-in included.
+    per_sample_losses:
+        ``[chains, draws, samples(, tokens)]`` losses of the evaluation set at every draw (NaN where a token does
+        not count), or ``None`` when no evaluation set was given.
     diverged, divergence_step:
         ``[chains]``: whether each chain diverged and at which step (-1 if not).
     seed:
         The master seed (drawn from the OS when none was given), enough to repeat the run.
+    llc_mean, llc_std:
+        Mean and standard deviation of ``llcs`` over the chains that did not diverge.
+    mala_acceptance:
+        Mean acceptance of the draws of the kept chains (NaN where the sampler has none: see
+        ``acceptance_kind`` and ``trust_notes``).
+    rhat, ess:
+        R-hat and bulk ESS of the loss traces of the kept chains.
+    trend_z, distance_trend_z:
+        The across-chain trend t statistics (:func:`~lambdahat.diagnostics.trend_z`) of the loss and of the
+        distance ``||w − w*||`` over the draws.
+    warnings:
+        The trust policy's plain-language sentences, one per problem (:attr:`lambdahat.trust.Verdict.advice`).
     settings:
         The sampler, schedule, devices, compile decision, and other settings of the run.
+    status:
+        The verdict of :func:`lambdahat.trust.assess`: ``"ok"``, ``"untrusted"`` or ``"diverged"``.
+    trust_reasons:
+        One short phrase per failed check (``"acceptance 0.86 < 0.9"``), empty when ``status == "ok"``.
+    trust_notes:
+        The checks that could not be made and why (a NaN acceptance, a one-chain R-hat).
+    acceptance_kind:
+        How ``mala_acceptance`` was obtained (:data:`lambdahat.trust.ACCEPTANCE_KINDS`).
     """
 
     llcs: torch.Tensor
@@ -72,6 +97,12 @@ class LLCResult:
     trend_z: float
     warnings: tuple[str, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+    trust_reasons: tuple[str, ...] = ()
+    trust_notes: tuple[str, ...] = ()
+    acceptance_kind: str = "gradient estimate"
+    distance_trend_z: float = math.nan
+    per_sample_losses: torch.Tensor | None = None
 
     @classmethod
     def from_trace(
@@ -85,17 +116,32 @@ class LLCResult:
         seed: int,
         settings: dict[str, Any],
         warn: bool = True,
+        counts: torch.Tensor | None = None,
+        per_sample_losses: torch.Tensor | None = None,
     ) -> LLCResult:
-        """Build the result from the runner's ``[fields, chains, steps]`` trace (see :class:`~lambdahat.samplers.Info`)."""
+        """Build the result from the runner's ``[fields, chains, steps]`` trace (see :class:`~lambdahat.samplers.Info`)
+        and judge it by the trust policy (:func:`lambdahat.trust.assess`).
+
+        The draws of chain ``c`` are the steps ``schedule.draw_steps()``; ``llcs[c] = nβ (mean draw loss − L0)``,
+        the mean weighted by ``counts`` (``[steps]``, the samples that counted in each batch) when given.
+        The sampler's name ``settings["sampler"]`` decides the acceptance kind. With ``warn``, every sentence of
+        the verdict's advice is issued as a ``RuntimeWarning``.
+        """
         fields = dict(zip(Info._fields, trace.to(torch.float64)))
         draw_steps = schedule.draw_steps()
         losses = fields["loss"][:, draw_steps]
-        llcs = nbeta * (losses.mean(dim=1) - init_loss)
-        counts = torch.arange(1, losses.shape[1] + 1, dtype=torch.float64)
-        llc_trace = nbeta * (losses.cumsum(dim=1) / counts - init_loss)
+        if counts is None:
+            weights = torch.ones(losses.shape[1], dtype=torch.float64)
+        else:
+            weights = counts.to(torch.float64).cpu()[draw_steps]
+        weighted = (losses * weights).cumsum(dim=1) / weights.cumsum(dim=0)
+        llcs = nbeta * (weighted[:, -1] - init_loss)
+        llc_trace = nbeta * (weighted - init_loss)
         accept = fields["log_accept"][:, draw_steps].exp()
+        distance = fields["distance"][:, draw_steps]
         diverged, div_step = diagnostics.divergence(fields["loss"], init_loss)
         ok = ~diverged
+        n_kept = int(ok.sum())
         kept = llcs[ok]
         llc_mean = float(kept.mean()) if len(kept) else math.nan
         llc_std = float(kept.std()) if len(kept) > 1 else (0.0 if len(kept) == 1 else math.nan)
@@ -104,20 +150,25 @@ class LLCResult:
         rhat = diagnostics.r_hat(losses[ok].numpy())
         ess = diagnostics.effective_sample_size(losses[ok].numpy())
         trend = diagnostics.trend_z(losses[ok].numpy())
-        notes = tuple(
-            diagnostics.advice(
-                llc_mean=llc_mean,
-                llc_std=llc_std,
-                n_chains=len(llcs),
-                diverged=torch.nonzero(diverged).flatten().tolist(),
-                mala_acceptance=mala,
-                rhat=rhat,
-                trend=trend,
-                trend_p=diagnostics.trend_p_value(trend, int(ok.sum())),
-            )
+        dist_trend = diagnostics.trend_z(distance[ok].numpy())
+        sampler = settings.get("sampler")
+        kind = trust.acceptance_kind(sampler)
+        verdict = trust.assess(
+            acceptance=mala,
+            acceptance_kind=kind,
+            rhat=rhat,
+            ess=ess,
+            trend_p=diagnostics.trend_p_value(trend, n_kept),
+            trend_z=trend,
+            distance_trend_p=diagnostics.trend_p_value(dist_trend, n_kept),
+            distance_trend_z=dist_trend,
+            diverged=torch.nonzero(diverged).flatten().tolist(),
+            chains=len(llcs),
+            llc_mean=llc_mean,
+            sampler=sampler,
         )
         if warn:
-            for note in notes:
+            for note in verdict.advice:
                 warnings.warn(f"estimate_llc: {note}", RuntimeWarning, stacklevel=4)
         return cls(
             llcs=llcs.float(),
@@ -130,7 +181,7 @@ class LLCResult:
             mala_acceptance_trace=accept.float(),
             grad_norm=fields["grad_norm"][:, draw_steps].float(),
             noise_norm=fields["noise_norm"][:, draw_steps].float(),
-            distance=fields["distance"][:, draw_steps].float(),
+            distance=distance.float(),
             loss_trace=fields["loss"].float(),
             diverged=diverged,
             divergence_step=div_step,
@@ -141,8 +192,14 @@ class LLCResult:
             rhat=rhat,
             ess=ess,
             trend_z=trend,
-            warnings=notes,
+            warnings=verdict.advice,
             settings=dict(settings),
+            status=verdict.status,
+            trust_reasons=verdict.reasons,
+            trust_notes=verdict.notes,
+            acceptance_kind=kind,
+            distance_trend_z=dist_trend,
+            per_sample_losses=None if per_sample_losses is None else per_sample_losses.float(),
         )
 
     @property
@@ -150,6 +207,18 @@ class LLCResult:
         """Standard error of ``llc_mean`` across the kept chains (``llc_std / sqrt(chains kept)``)."""
         kept = int((~self.diverged).sum())
         return self.llc_std / math.sqrt(kept) if kept > 1 else math.nan
+
+    @property
+    def verdict(self) -> trust.Verdict:
+        """The trust policy's :class:`~lambdahat.trust.Verdict` of this result (``advice`` = ``warnings``)."""
+        return trust.Verdict(
+            self.status, tuple(self.trust_reasons), tuple(self.warnings), tuple(self.trust_notes)
+        )
+
+    @property
+    def status_line(self) -> str:
+        """The one-line status of tables: ``"ok"``, ``"diverged"`` or ``"untrusted: <reasons>"``."""
+        return trust.status_line(self.verdict)
 
     def to_metrics(self) -> dict[str, Any]:
         """The dictionary of :meth:`LLCEstimator.get_metrics` (names of canonical-interp kept)."""
@@ -173,6 +242,7 @@ class LLCResult:
             "rhat": self.rhat,
             "ess": self.ess,
             "trend_z": self.trend_z,
+            "distance_trend_z": self.distance_trend_z,
             "grad_norm": self.grad_norm,
             "noise_norm": self.noise_norm,
             "distance": self.distance,
@@ -181,5 +251,10 @@ class LLCResult:
             "divergence_step": self.divergence_step,
             "seed": self.seed,
             "warnings": list(self.warnings),
+            "status": self.status,
+            "trust_reasons": list(self.trust_reasons),
+            "trust_notes": list(self.trust_notes),
+            "acceptance_kind": self.acceptance_kind,
+            "per_sample_losses": self.per_sample_losses,
             **{k: v for k, v in self.settings.items() if k not in ("nbeta", "learning_rate", "localization")},
         }

@@ -21,8 +21,10 @@ from .runner import (
     callable_name,
     check_run_options,
     data_spec,
+    estimate,
     fingerprint,
     params_spec,
+    problem_for,
     result_row,
     run_sweep,
     runtime_spec,
@@ -117,8 +119,8 @@ def _checkpoint_point(shared: Mapping[str, Any], task: Mapping[str, Any]) -> dic
     loader = shared["loader"]
     if _is_loader_factory(loader):
         loader = loader(task["label"])
-    result = shared["estimator"].run(model, loader, **shared["options"], show_progress=False, warn=False)
-    return result_row(result)
+    config, options = shared["estimator"].config, shared["options"]
+    return result_row(estimate(problem_for(model, loader, config, options), config, options))
 
 
 class _Prepare:
@@ -158,21 +160,7 @@ def _labels(checkpoints: Sequence[Checkpoint], labels: Sequence[Any] | None) -> 
 
 
 def _estimator_settings(est: LLCEstimator) -> dict[str, Any]:
-    return {
-        "draws": est.draws,
-        "chains": est.chains,
-        "burnin_steps": est.burnin_steps,
-        "steps_bw_draws": est.steps_bw_draws,
-        "learning_rate": est.learning_rate,
-        "localization": est.localization,
-        "nbeta": est.nbeta,
-        "dtype": str(est.dtype).removeprefix("torch."),
-        "sampler": getattr(est.sampler, "name", repr(est.sampler)),
-        "sampler_options": dict(getattr(est, "sampler_options", {}) or {}),
-        "weight_decay": est.weight_decay,
-        "restrict_to_orth_grad": est.restrict_to_orth_grad,
-        "bounding_box_size": est.bounding_box_size,
-    }
+    return est.config.to_dict()
 
 
 def llc_over_checkpoints(

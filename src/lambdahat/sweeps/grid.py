@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -23,13 +24,16 @@ from torch import nn
 from ..data import dataset_size
 from ..estimator import LLCEstimator, nbeta_from_effective_size
 from ..functional import select_parameters
+from ..problem import Problem
 from ..rng import resolve_seed
 from .runner import (
     callable_name,
     check_run_options,
     data_spec,
+    estimate,
     fingerprint,
     params_spec,
+    problem_for,
     result_row,
     run_sweep,
     runtime_spec,
@@ -271,21 +275,20 @@ class GridSearchConfig:
         return out
 
 
+#: The prepared problem of the grid running in this process (a Ray worker keeps its own): every point of a grid
+#: shares the model copies, L0 and the compiled step.
+_PROBLEM: dict[str, Problem] = {}
+
+
 def _grid_point(shared: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str, Any]:
     """One grid point (runs in this process or in a Ray worker)."""
-    init_loss = task.get("init_loss")
-    result = shared["estimator"].run(
-        shared["model"],
-        shared["loader"],
-        **shared["options"],
-        show_progress=False,
-        warn=False,
-        nbeta=task["nbeta"],
-        learning_rate=task["epsilon"],
-        localization=task["gamma"],
-        init=None if init_loss is None else (init_loss, None),
-    )
-    return result_row(result)
+    base, options = shared["config"], shared["options"]
+    problem = _PROBLEM.get(shared["token"])
+    if problem is None:
+        _PROBLEM.clear()
+        problem = _PROBLEM[shared["token"]] = problem_for(shared["model"], shared["loader"], base, options)
+    config = base.replace(learning_rate=task["epsilon"], localization=task["gamma"], nbeta=task["nbeta"])
+    return result_row(estimate(problem, config, options))
 
 
 def _same(task: Any) -> Any:
@@ -430,33 +433,36 @@ class LLCGridSearch:
             "model": {"class": callable_name(type(model)), "fingerprint": fingerprint(model.state_dict())},
             "data": data_spec(loader),
         }
-        df = run_sweep(
-            kind="grid",
-            points=points,
-            point_columns=[("epsilon", "float"), ("gamma", "float"), ("nbeta", "float")],
-            fn=_grid_point,
-            shared={
-                "model": _shippable(model, executor),
-                "loader": loader,
-                "estimator": estimator,
-                "options": options,
-            },
-            prepare=_same,
-            config=config,
-            runtime=runtime_spec(executor, address, options, max_retries),
-            seed=seed,
-            executor=executor,
-            address=address,
-            ray_resources=ray_resources,
-            ray_init_options=ray_init_options,
-            out_dir=out_dir,
-            resume=resume,
-            overwrite=overwrite,
-            max_retries=max_retries,
-            show_progress=show_progress,
-            callback=callback,
-            reuse_init_loss=not cfg.restrict_to_orth_grad,
-            desc="LLC grid",
-        )
+        try:
+            df = run_sweep(
+                kind="grid",
+                points=points,
+                point_columns=[("epsilon", "float"), ("gamma", "float"), ("nbeta", "float")],
+                fn=_grid_point,
+                shared={
+                    "model": _shippable(model, executor),
+                    "loader": loader,
+                    "config": estimator.config,
+                    "options": options,
+                    "token": uuid.uuid4().hex,
+                },
+                prepare=_same,
+                config=config,
+                runtime=runtime_spec(executor, address, options, max_retries),
+                seed=seed,
+                executor=executor,
+                address=address,
+                ray_resources=ray_resources,
+                ray_init_options=ray_init_options,
+                out_dir=out_dir,
+                resume=resume,
+                overwrite=overwrite,
+                max_retries=max_retries,
+                show_progress=show_progress,
+                callback=callback,
+                desc="LLC grid",
+            )
+        finally:
+            _PROBLEM.clear()
         self.results = df
         return df

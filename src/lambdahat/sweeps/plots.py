@@ -8,28 +8,45 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from .. import trust
+
 __all__ = ["flagged", "plot_grid", "plot_llc_over_checkpoints"]
 
-#: A point is flagged when its MALA acceptance is below this ...
-MIN_MALA_ACCEPTANCE = 0.5
-#: ... or its R-hat above this, or any chain diverged.
-MAX_RHAT = 1.1
-FLAG_TEXT = f"flagged: MALA acceptance < {MIN_MALA_ACCEPTANCE}, R-hat > {MAX_RHAT} or a divergence"
+#: The legend of a flagged point: the trust policy in words (:func:`lambdahat.trust.describe`).
+FLAG_TEXT = f"untrusted: {trust.describe()}"
 AXES = ("epsilon", "gamma", "nbeta")
 LABELS = {"epsilon": "ε (learning_rate)", "gamma": "γ (localization)", "nbeta": "nβ"}
 
 
 def flagged(df: pd.DataFrame) -> pd.Series:
-    """Whether each row's diagnostics distrust its estimate: MALA acceptance < 0.5, R-hat > 1.1 or a diverged
-    chain (missing diagnostics do not flag)."""
-    flag = pd.Series(False, index=df.index)
-    if "mala_acceptance" in df:
-        flag |= pd.to_numeric(df["mala_acceptance"], errors="coerce") < MIN_MALA_ACCEPTANCE
-    if "rhat" in df:
-        flag |= pd.to_numeric(df["rhat"], errors="coerce") > MAX_RHAT
-    if "n_diverged" in df:
-        flag |= pd.to_numeric(df["n_diverged"], errors="coerce").fillna(0) > 0
-    return flag.astype(bool)
+    """Whether the trust policy (:mod:`lambdahat.trust`) distrusts each row's estimate.
+
+    A row is flagged when its ``status`` is ``"untrusted..."`` or ``"diverged"``, or when the diagnostics in the
+    row fail :func:`lambdahat.trust.assess` (``mala_acceptance``, ``rhat``, ``ess``, ``n_diverged``; this covers
+    tables without a ``status`` column, or written before it carried the verdict). Failed and missing points
+    are not flagged (they have no estimate), nor are missing diagnostics.
+    """
+    status = df["status"] if "status" in df else pd.Series(None, index=df.index, dtype=object)
+
+    def column(name: str) -> pd.Series:
+        if name not in df:
+            return pd.Series(math.nan, index=df.index)
+        return pd.to_numeric(df[name], errors="coerce").astype(float)
+
+    acc, rhat, ess, n_div = column("mala_acceptance"), column("rhat"), column("ess"), column("n_diverged")
+    flag = []
+    for i in df.index:
+        kind = trust.status_kind(status.loc[i]) if "status" in df else "ok"
+        if kind in ("untrusted", "diverged"):
+            flag.append(True)
+        elif kind == "ok":
+            verdict = trust.assess(
+                acceptance=acc.loc[i], rhat=rhat.loc[i], ess=ess.loc[i], diverged=n_div.loc[i]
+            )
+            flag.append(not verdict.ok)
+        else:
+            flag.append(False)
+    return pd.Series(flag, index=df.index, dtype=bool)
 
 
 def _fmt(v: float) -> str:
@@ -49,8 +66,8 @@ def plot_grid(df: pd.DataFrame, value: str = "llc_mean"):
 
     With ε and γ (or any two axes) varying: a heatmap of ``value`` over them, one panel per nβ (per value of the
     third axis), each cell annotated; with one axis varying: ``value ± llc_std`` against it (log scale for ε and
-    nβ). Points whose MALA acceptance is < 0.5, R-hat > 1.1 or with a diverged chain are marked with a red
-    frame (a red cross on a line plot); failed points are grey.
+    nβ). Every point the trust policy distrusts (:func:`flagged`: status ``untrusted`` or ``diverged``, see
+    :mod:`lambdahat.trust`) is marked with a red frame (a red cross on a line plot); failed points are grey.
 
     Parameters
     ----------
@@ -96,8 +113,9 @@ def plot_grid(df: pd.DataFrame, value: str = "llc_mean"):
             i, j = row_vals.index(r[rows_axis]), col_vals.index(r[cols_axis])
             v = pd.to_numeric(pd.Series([r[value]]), errors="coerce").iloc[0]
             grid[i, j] = v
-            failed = r.get("status") == "failed"
-            text = "failed" if failed else _fmt(v) if math.isfinite(v) else "nan"
+            kind = trust.status_kind(r.get("status"))
+            failed = kind == "failed"
+            text = kind if kind in ("failed", "diverged") else _fmt(v) if math.isfinite(v) else "nan"
             dark = math.isfinite(v) and (v - vmin) < 0.5 * (vmax - vmin)
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
             if flags.loc[idx] and not failed:
@@ -161,14 +179,31 @@ def plot_llc_over_checkpoints(df: pd.DataFrame, x: str = "checkpoint"):
     Returns
     -------
     matplotlib.figure.Figure
-        Points with diagnostics that distrust them (MALA acceptance < 0.5, R-hat > 1.1, a divergence) carry a
-        red cross; failed checkpoints leave a gap.
+        Points the trust policy distrusts (:func:`flagged`) carry a red cross; failed checkpoints and those whose
+        chains all diverged leave a gap.
+
+    Raises
+    ------
+    ValueError
+        The table is empty, or no checkpoint has a finite λ̂ (every one failed or diverged): there is nothing to
+        draw, and an empty figure would look like a result. The message gives the statuses.
     """
     import matplotlib.pyplot as plt
 
     _check_columns(df, [x, "llc_mean", "llc_std"], "plot_llc_over_checkpoints")
     if df.empty:
         raise ValueError("plot_llc_over_checkpoints: the table is empty.")
+    if not np.isfinite(pd.to_numeric(df["llc_mean"], errors="coerce").to_numpy(dtype=float)).any():
+        statuses = (
+            df["status"].map(trust.status_kind).value_counts().to_dict()
+            if "status" in df
+            else "no status column"
+        )
+        raise ValueError(
+            f"plot_llc_over_checkpoints: no checkpoint has a finite λ̂ (statuses: {statuses}), so there is nothing "
+            "to plot; see the table's 'status', 'error' and 'warnings' columns (every chain diverged: lower "
+            "learning_rate)."
+        )
     xs = pd.to_numeric(df[x], errors="coerce")
     numeric = bool(xs.notna().all())
     pos = xs.to_numpy(dtype=float) if numeric else np.arange(len(df), dtype=float)
@@ -188,10 +223,12 @@ def plot_llc_over_checkpoints(df: pd.DataFrame, x: str = "checkpoint"):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not numeric:
         ax.set_xticks(pos, [str(v) for v in df[x].to_numpy()[order]], rotation=45, ha="right")
-    n_failed = int((df["status"] == "failed").sum()) if "status" in df else 0
+    kinds = df["status"].map(trust.status_kind) if "status" in df else pd.Series(dtype=object)
+    n_failed, n_diverged = int((kinds == "failed").sum()), int((kinds == "diverged").sum())
     ax.set_xlabel(x)
     ax.set_ylabel("λ̂ (llc_mean)")
-    if n_failed:
-        ax.set_title(f"{n_failed} checkpoint(s) failed (gaps)", fontsize=9)
+    gaps = [f"{n} checkpoint(s) {what}" for n, what in ((n_failed, "failed"), (n_diverged, "diverged")) if n]
+    if gaps:
+        ax.set_title(" and ".join(gaps) + " (gaps)", fontsize=9)
     ax.legend(fontsize=8)
     return fig

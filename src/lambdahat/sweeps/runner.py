@@ -4,7 +4,6 @@ store every finished point at once, and assemble the table."""
 from __future__ import annotations
 
 import hashlib
-import math
 import platform
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -14,10 +13,21 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..estimator import sample
+from ..problem import Problem
+from ..problem import prepare as prepare_problem
 from .executors import check_executor_name, check_ray_resources, make_executor
 from .store import SweepStore
 
-__all__ = ["METRIC_COLUMNS", "callable_name", "fingerprint", "result_row", "run_sweep"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "callable_name",
+    "estimate",
+    "fingerprint",
+    "problem_for",
+    "result_row",
+    "run_sweep",
+]
 
 #: Columns filled from an :class:`~lambdahat.LLCResult` (type for the results file).
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -32,7 +42,8 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ess", "float"),
     ("n_diverged", "int"),
 )
-#: Columns the sweep adds to every row.
+#: Columns the sweep adds to every row. ``status`` is the trust policy's verdict of a point that ran (``"ok"``,
+#: ``"untrusted: <reasons>"``, ``"diverged"``; :mod:`lambdahat.trust`) or ``"failed"`` for a point that raised.
 STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("status", "str"),
     ("error", "str"),
@@ -43,9 +54,37 @@ STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+def problem_for(model, loader, config, options: Mapping[str, Any]) -> Problem:
+    """Prepare ``model`` on ``loader`` with the run options of a sweep (``criterion_fn``, ``unpack_fn``,
+    ``loss_fn``, ``devices``, ``compile``, ``params``)."""
+    return prepare_problem(
+        model,
+        loader,
+        config,
+        devices=options.get("devices", "cpu"),
+        compile=options.get("compile", "auto"),
+        **{k: options.get(k) for k in ("criterion_fn", "unpack_fn", "loss_fn", "params")},
+    )
+
+
+def estimate(problem: Problem, config, options: Mapping[str, Any]):
+    """One point of a sweep: sample ``config`` on a prepared problem with the sweep's ``seed`` and
+    ``chain_batch`` (the :class:`~lambdahat.LLCResult`; the trust policy's warnings go into the table)."""
+    return sample(
+        problem,
+        config,
+        seed=options.get("seed"),
+        chain_batch=options.get("chain_batch"),
+        show_progress=False,
+        warn=False,
+    )
+
+
 def result_row(result) -> dict[str, Any]:
     """The metrics of one point from its :class:`~lambdahat.LLCResult` (``loss_mean``/``loss_std``: the loss of
-    the final draw, over the chains that did not diverge, like ``get_metrics()["losses_mean"]``)."""
+    the final draw, over the chains that did not diverge, like ``get_metrics()["losses_mean"]``), with the trust
+    policy's verdict as ``status`` (``"ok"``, ``"untrusted: <reasons>"`` or ``"diverged"``, see
+    :func:`lambdahat.trust.status_line`) and its advice as ``warnings``."""
     metrics = result.to_metrics()
     return {
         "llc_mean": float(result.llc_mean),
@@ -59,6 +98,7 @@ def result_row(result) -> dict[str, Any]:
         "ess": float(result.ess),
         "n_diverged": int(result.diverged.sum()),
         "warnings": "; ".join(result.warnings) or None,
+        "status": result.status_line,
     }
 
 
@@ -177,14 +217,12 @@ def run_sweep(
     max_retries: int,
     show_progress: bool,
     callback: Callable[[dict[str, Any]], None] | None,
-    reuse_init_loss: bool = False,
     desc: str = "sweep",
 ) -> pd.DataFrame:
     """Run the points not yet finished and return the table of all points (one row per point, index = point).
 
     ``points[i]`` describes point ``i`` by the values of ``point_columns``. ``prepare(point)`` makes the task of a
-    point in this process (``reuse_init_loss``: the point gets ``init_loss``, the ``L0`` of the first point that
-    finished, which is then computed once for the whole sweep).
+    point in this process.
     """
     columns = [("point", "int"), *point_columns, *METRIC_COLUMNS, *STATUS_COLUMNS]
     store = SweepStore(out_dir, columns) if out_dir is not None else None
@@ -205,7 +243,8 @@ def run_sweep(
                 row[name] = values.get(name)
             row["warnings"] = values.get("warnings")
             row.update(
-                status="ok" if outcome.ok else "failed",
+                # a point that ran keeps its estimate's verdict (ok / untrusted: ... / diverged); failed = raised
+                status=(values.get("status") or "ok") if outcome.ok else "failed",
                 error=None if outcome.ok else outcome.error,
                 seed=seed,
                 wall_seconds=outcome.wall_seconds,
@@ -225,18 +264,6 @@ def run_sweep(
             if pending:
                 ex = make_executor(executor, address, ray_resources, ray_init_options)
                 handles = {name: ex.share(obj) for name, obj in shared.items()}
-                init_loss = None
-                if reuse_init_loss:
-                    known = [r["init_loss"] for r in rows.values() if r.get("status") == "ok"]
-                    init_loss = next((v for v in known if v is not None and math.isfinite(v)), None)
-                    # L0 does not depend on the point: take it from the first point that finishes.
-                    while init_loss is None and pending:
-                        key, point = pending.pop(0)
-                        for outcome in ex.map(fn, handles, [(key, point)], prepare, max_retries):
-                            row = record(outcome)
-                            if outcome.ok and math.isfinite(row["init_loss"]):
-                                init_loss = row["init_loss"]
-                    pending = [(k, {**p, "init_loss": init_loss}) for k, p in pending]
                 for outcome in ex.map(fn, handles, pending, prepare, max_retries):
                     record(outcome)
         finally:

@@ -5,12 +5,13 @@ An output directory holds
 .. code-block:: text
 
     sweep.json     what the sweep is (kind, hyper-parameters, schedule, seed, checkpoints, ...) and a log of its runs
-    results.csv    a header, then one line per finished point (status "ok" or "failed"), in finishing order
+    results.csv    a header, then one line per finished point, in finishing order
     .lock          held while a process writes here (a second writer is refused)
 
 The results file is append-only: a row, once written, is never rewritten, so a sweep killed at any moment leaves
-every earlier row intact. Reopening the directory resumes the sweep: points with an ``ok`` row are finished and
-read back; failed and missing points run again (a retried point gets a new row; the newest row of a point wins).
+every earlier row intact. Reopening the directory resumes the sweep: points whose row holds an estimate (status
+``ok``, ``untrusted: ...`` or ``diverged``, the trust policy's verdict) are finished and read back; ``failed`` and
+missing points run again (a retried point gets a new row; the newest row of a point wins).
 A line left half-written by a killed process is cut off before new rows are appended. A sweep whose definition
 differs from the stored ``sweep.json`` is refused with a field-by-field difference, never mixed in.
 
@@ -31,6 +32,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..trust import status_kind
 
 __all__ = [
     "CONFIG_FILE",
@@ -362,7 +365,7 @@ class SweepStore:
                 skipped += 1
                 continue
             point = row["point"]
-            if row.get("status") == "ok":
+            if status_kind(row.get("status")) in ("ok", "untrusted", "diverged"):  # an estimate: finished
                 finished[point] = row
             else:
                 finished.pop(point, None)  # the newest row of a point wins

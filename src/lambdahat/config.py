@@ -1,0 +1,285 @@
+"""``LLCConfig``: every sampling setting of an LLC run, validated once, in one frozen object.
+
+It is the single source of the settings for :class:`~lambdahat.LLCEstimator`, :func:`~lambdahat.sample`, the grid
+search, the YAML/TOML sweep files, the CLI options and the metadata of every result: one name per concept
+(``draws``, ``chains``, ``burnin_steps``, ``steps_bw_draws``, ``learning_rate`` = ε, ``localization`` = γ,
+``nbeta`` = nβ, ...), one parser for each value (``dtype`` by object or by name).
+
+The run it describes samples the localized tempered posterior
+
+.. math::
+
+    p(w) \\propto \\exp\\Big(-n\\beta L_n(w) - \\frac{\\gamma}{2}\\|w - w^*\\|^2 - \\frac{wd}{2}\\|w\\|^2\\Big)
+
+with ``chains`` chains of ``burnin_steps + draws · steps_bw_draws`` steps of step size ε, and estimates
+``λ̂ = nβ (mean draw loss − L0)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["DTYPES", "MODEL_MODES", "SAMPLER_NAMES", "STRUCTURAL_FIELDS", "LLCConfig", "Schedule", "parse_dtype"]
+
+#: Precisions a run can use, by name.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+#: ``"eval"``: dropout off, BatchNorm on its running statistics; ``"train"``: dropout active, BatchNorm on the
+#: statistics of each batch (the caller's running statistics are never updated).
+MODEL_MODES = ("eval", "train")
+SAMPLER_NAMES = ("sgld", "rmsprop_sgld", "sgnht")
+#: Settings fixed by :func:`~lambdahat.prepare` (they shape the prepared model, L0 and the compiled step); the others
+#: may change between :func:`~lambdahat.sample` calls on one prepared problem.
+STRUCTURAL_FIELDS = ("dtype", "model_mode", "restrict_to_orth_grad")
+
+
+def parse_dtype(value: Any) -> torch.dtype:
+    """A ``torch.dtype`` from itself or its name (``"float32"``, ``"torch.bfloat16"``, ``"bf16"``, ...).
+
+    Examples
+    --------
+    >>> parse_dtype("bf16"), parse_dtype(torch.float64)
+    (torch.bfloat16, torch.float64)
+    """
+    if isinstance(value, torch.dtype):
+        if value in DTYPES.values():
+            return value
+    elif isinstance(value, str):
+        name = value.removeprefix("torch.")
+        name = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
+        if name in DTYPES:
+            return DTYPES[name]
+    raise ValueError(
+        f"LLCConfig: dtype must be one of {', '.join(DTYPES)} (a torch.dtype or its name); got {value!r}."
+    )
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``burnin_steps`` discarded steps, then ``draws`` draws taken every ``steps_bw_draws`` steps."""
+
+    draws: int
+    burnin_steps: int
+    steps_bw_draws: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.burnin_steps + self.draws * self.steps_bw_draws
+
+    def draw_steps(self) -> torch.Tensor:
+        """Indices of the steps whose loss is a draw."""
+        return torch.arange(self.burnin_steps, self.total_steps, self.steps_bw_draws)
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"LLCConfig: {name} must be an int >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def _number(name: str, value: Any, *, positive: bool) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"LLCConfig: {name} must be a finite number {bound}; got {value!r}.")
+    return float(value)
+
+
+#: What each field means (used for docstrings, CLI help and the sweep-file schema).
+FIELD_HELP: dict[str, str] = {
+    "draws": "draws per chain after burn-in",
+    "chains": "independent chains, all in one vmapped call",
+    "burnin_steps": "steps discarded before the first draw",
+    "steps_bw_draws": "steps between consecutive draws",
+    "learning_rate": "step size ε, or 'auto' to calibrate it from short pilot runs",
+    "localization": "γ, the strength of the pull towards w*",
+    "nbeta": "nβ, inverse temperature times n; empty for n / log n with n the data set size",
+    "dtype": "float32, float64, or bfloat16/float16 (forward under autocast, parameters in float32)",
+    "sampler": "sgld, rmsprop_sgld or sgnht",
+    "sampler_options": "options of the sampler (rmsprop_sgld: alpha, eps, adapt_steps; sgnht: diffusion)",
+    "weight_decay": "coefficient of an extra (wd/2)||w||² term in the potential",
+    "bounding_box_size": "clamp every coordinate to w* ± this size after each step (empty: no box)",
+    "restrict_to_orth_grad": "sample in the hyperplane orthogonal to the full-batch gradient at w*",
+    "model_mode": "eval (dropout off, BatchNorm running statistics) or train (dropout on, batch statistics)",
+}
+
+
+@dataclass(frozen=True)
+class LLCConfig:
+    """Every sampling setting of an LLC run (frozen, validated on construction).
+
+    Parameters
+    ----------
+    draws:
+        Draws per chain after burn-in (default 200).
+    chains:
+        Independent chains (default 10).
+    burnin_steps:
+        Steps discarded before the first draw (default 100).
+    steps_bw_draws:
+        Steps between consecutive draws (default 1).
+    learning_rate:
+        Step size ε (default 1e-5), or ``"auto"`` to choose it by :func:`lambdahat.calibrate` before the run.
+    localization:
+        γ, the pull towards ``w*`` (default 100).
+    nbeta:
+        nβ; ``None`` uses ``n / log n`` with ``n`` the size of the data set.
+    dtype:
+        ``float32`` (default) or ``float64``: arithmetic in that precision; ``bfloat16`` / ``float16``: forward under
+        autocast, parameters and updates in float32. A ``torch.dtype`` or its name.
+    sampler:
+        ``"sgld"`` (default), ``"rmsprop_sgld"`` or ``"sgnht"``.
+    sampler_options:
+        Options of the sampler (``alpha``, ``eps``, ``adapt_steps`` for rmsprop_sgld, whose ``adapt_steps``
+        defaults to ``burnin_steps``; ``diffusion`` for sgnht).
+    weight_decay:
+        Coefficient of an extra ``(wd/2)||w||²`` term in the potential (default 0).
+    bounding_box_size:
+        If given, clamp every coordinate to ``w* ± bounding_box_size`` after each step.
+    restrict_to_orth_grad:
+        Sample only in the hyperplane through ``w*`` orthogonal to the full-batch gradient at ``w*``.
+    model_mode:
+        ``"eval"`` (default) or ``"train"`` (dropout active, BatchNorm on batch statistics; the caller's running
+        statistics are never touched). L0 is computed in the same mode as the draws.
+
+    Examples
+    --------
+    >>> cfg = LLCConfig(draws=100, chains=4, learning_rate=1e-4, dtype="bfloat16")
+    >>> cfg.dtype, cfg.schedule.total_steps
+    (torch.bfloat16, 200)
+    >>> LLCConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
+
+    draws: int = 200
+    chains: int = 10
+    burnin_steps: int = 100
+    steps_bw_draws: int = 1
+    learning_rate: float | str = 1e-5
+    localization: float = 100.0
+    nbeta: float | None = None
+    dtype: torch.dtype = torch.float32
+    sampler: str = "sgld"
+    sampler_options: Mapping[str, Any] = field(default_factory=dict)
+    weight_decay: float = 0.0
+    bounding_box_size: float | None = None
+    restrict_to_orth_grad: bool = False
+    model_mode: str = "eval"
+
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        put("draws", _int("draws", self.draws, 1))
+        put("chains", _int("chains", self.chains, 1))
+        put("burnin_steps", _int("burnin_steps", self.burnin_steps, 0))
+        put("steps_bw_draws", _int("steps_bw_draws", self.steps_bw_draws, 1))
+        if isinstance(self.learning_rate, str):
+            if self.learning_rate != "auto":
+                raise ValueError(
+                    f"LLCConfig: learning_rate must be a positive number or 'auto'; got {self.learning_rate!r}."
+                )
+        else:
+            put("learning_rate", _number("learning_rate", self.learning_rate, positive=True))
+        put("localization", _number("localization", self.localization, positive=False))
+        if self.nbeta is not None:
+            put("nbeta", _number("nbeta", self.nbeta, positive=True))
+        put("dtype", parse_dtype(self.dtype))
+        if self.sampler not in SAMPLER_NAMES:
+            raise ValueError(f"LLCConfig: sampler must be one of {', '.join(SAMPLER_NAMES)}; got {self.sampler!r}.")
+        if not isinstance(self.sampler_options, Mapping):
+            raise ValueError(
+                f"LLCConfig: sampler_options must be a mapping of option names to values; got "
+                f"{type(self.sampler_options).__name__}."
+            )
+        put("sampler_options", dict(self.sampler_options))
+        self.build_sampler()  # checks the options against the sampler
+        put("weight_decay", _number("weight_decay", self.weight_decay, positive=False))
+        if self.bounding_box_size is not None:
+            put("bounding_box_size", _number("bounding_box_size", self.bounding_box_size, positive=True))
+        if not isinstance(self.restrict_to_orth_grad, bool):
+            raise ValueError(
+                f"LLCConfig: restrict_to_orth_grad must be True or False; got {self.restrict_to_orth_grad!r}."
+            )
+        if self.model_mode not in MODEL_MODES:
+            raise ValueError(f"LLCConfig: model_mode must be 'eval' or 'train'; got {self.model_mode!r}.")
+
+    def __hash__(self) -> int:
+        data = self.to_dict()
+        data["sampler_options"] = sorted(data["sampler_options"].items())
+        return hash(repr(sorted(data.items())))
+
+    @property
+    def schedule(self) -> Schedule:
+        """The step schedule (burn-in, draws, thinning)."""
+        return Schedule(self.draws, self.burnin_steps, self.steps_bw_draws)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps per chain: ``burnin_steps + draws · steps_bw_draws``."""
+        return self.schedule.total_steps
+
+    def build_sampler(self):
+        """The :class:`~lambdahat.samplers.Sampler` with its options bound (RMSProp-SGLD's ``adapt_steps``
+        defaults to ``burnin_steps``)."""
+        from .samplers import get_sampler
+
+        options = dict(self.sampler_options)
+        if self.sampler == "rmsprop_sgld":
+            options.setdefault("adapt_steps", self.burnin_steps)
+        try:
+            return get_sampler(self.sampler, **options)
+        except TypeError as exc:
+            raise ValueError(f"LLCConfig: sampler_options {options} do not fit {self.sampler!r}: {exc}") from exc
+
+    def replace(self, **changes: Any) -> LLCConfig:
+        """A copy with ``changes`` (validated like the constructor).
+
+        Examples
+        --------
+        >>> LLCConfig().replace(chains=2).chains
+        2
+        """
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"LLCConfig.replace: unknown settings {unknown}; known: {sorted(self.field_names())}.")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The settings, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings (``dtype`` by name)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["dtype"] = dtype_name(self.dtype)
+        out["sampler_options"] = dict(self.sampler_options)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LLCConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error that lists the known ones."""
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(
+                f"LLCConfig: unknown settings {unknown}; the settings are {list(cls.field_names())}."
+            )
+        return cls(**dict(data))
+
+    def structural(self) -> dict[str, Any]:
+        """The settings fixed by :func:`~lambdahat.prepare` (see ``STRUCTURAL_FIELDS``)."""
+        return {name: getattr(self, name) for name in STRUCTURAL_FIELDS}

@@ -1,0 +1,442 @@
+"""Prepare once, sample many: what every run on one model and one data set shares, and the runs themselves.
+
+:func:`prepare` does the work that does not depend on the sampling hyperparameters: a private functional copy of the
+model per device slot, the objective (criterion or per-sample ``loss_fn``), the selection of sampled scalars, the
+full-data loss at the anchor
+
+.. math::
+
+    L_0 = \\frac{\\sum_b c_b L_b(w^*)}{\\sum_b c_b} \\qquad (c_b = \\text{samples, or tokens, that count in batch } b)
+
+(computed with exactly the loss function, precision and model mode of the draws), the unit full-batch gradient for
+``restrict_to_orth_grad`` and the fixed evaluation set whose per-sample losses are recorded at the draws.
+:func:`run_chains` then runs the chains of one :class:`~lambdahat.config.LLCConfig` (a numeric ``learning_rate``) on
+a prepared :class:`Problem` and returns an :class:`~lambdahat.result.LLCResult`; the compiled step of a problem is
+reused by every later run on it. ``learning_rate="auto"`` is resolved one floor up (:func:`lambdahat.sample`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .anchor import anchor_loss_and_direction
+from .chains import (
+    AUTO_COMPILE_FACTOR,
+    COMPILE_SECONDS_GUESS,
+    EvaluationSet,
+    StepFunction,
+    compiled_step_available,
+    predicted_eager_seconds,
+)
+from .config import LLCConfig, dtype_name
+from .data import DataFeed, PassLedger, dataset_size
+from .devices import SlotJob, plan_chain_batches, resolve_devices, run_slots
+from .functional import FunctionalModel, Objective, ParamLayout, ParamSelection, select_parameters
+from .result import LLCResult
+from .rng import resolve_seed
+from .samplers import Context, Hyper
+
+__all__ = ["Problem", "nbeta_from_effective_size", "prepare", "run_chains"]
+
+#: The data-feed seed of the pass that computes L0 (L0 sums over a whole pass, so the order only affects rounding).
+ANCHOR_SEED = 0
+
+
+def nbeta_from_effective_size(n: int | float) -> float:
+    """The standard inverse temperature times sample size, ``nβ = n / log n`` (β = 1 / log n).
+
+    Examples
+    --------
+    >>> round(nbeta_from_effective_size(1000), 3)
+    144.765
+    """
+    if isinstance(n, bool) or not isinstance(n, int | float) or not n > 1:
+        raise ValueError(
+            f"nbeta_from_effective_size: n must be a number > 1 (n / log n is undefined otherwise); got {n!r}."
+        )
+    return float(n) / math.log(n)
+
+
+def _input_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """Floating inputs are cast to float64 in float64 runs, left as they are otherwise."""
+    return torch.float64 if dtype == torch.float64 else None
+
+
+def _loader_advice(loader, devices: list[torch.device]) -> None:
+    """Warn about DataLoader settings that stall a CUDA run (only where they matter)."""
+    if not any(d.type == "cuda" for d in devices) or not isinstance(loader, torch.utils.data.DataLoader):
+        return
+    if isinstance(loader.dataset, torch.utils.data.TensorDataset):
+        return
+    tips = []
+    if not loader.pin_memory:
+        tips.append("pin_memory=True")
+    if loader.num_workers == 0:
+        tips.append("num_workers>0")
+    elif not loader.persistent_workers:
+        tips.append("persistent_workers=True")
+    if tips:
+        warnings.warn(
+            f"estimate_llc: the loader is iterated for every chain batch; on CUDA set {', '.join(tips)} "
+            "to keep the device fed.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+@dataclass(eq=False)
+class Problem:
+    """A model and its data, prepared for any number of runs (see :func:`prepare`).
+
+    Attributes
+    ----------
+    model:
+        The caller's module (only read: it keys the cache of compiled steps).
+    loader, observables:
+        The data driving the sampler; the optional data on which draws and L0 are evaluated instead.
+    objective:
+        How a batch becomes a loss.
+    layout:
+        The sampled scalars (``layout.dim`` of them).
+    devices:
+        One entry per device slot.
+    slots:
+        One private :class:`~lambdahat.functional.FunctionalModel` per device slot.
+    structural:
+        The settings fixed by the preparation (``dtype``, ``model_mode``, ``restrict_to_orth_grad``).
+    init_loss:
+        ``L0``.
+    direction:
+        Unit full-batch gradient at ``w*`` (``restrict_to_orth_grad``), else ``None``.
+    n:
+        ``len(loader.dataset)`` when known (``nbeta=None`` uses ``n / log n``).
+    evaluation:
+        Batches of the set whose per-sample losses are recorded at every draw, per slot.
+    compile:
+        ``True``, ``False`` or ``"auto"``.
+    """
+
+    model: nn.Module
+    loader: Any
+    observables: Any
+    objective: Objective
+    layout: ParamLayout
+    devices: list[torch.device]
+    slots: list[FunctionalModel]
+    structural: dict[str, Any]
+    init_loss: float
+    direction: torch.Tensor | None
+    n: int | None
+    evaluation: list[EvaluationSet] | None
+    compile: bool | str
+    ledger: PassLedger = field(default_factory=PassLedger)
+    _steps: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def dim(self) -> int:
+        """Number of sampled scalars ``D``."""
+        return self.layout.dim
+
+    def nbeta(self, config: LLCConfig) -> float:
+        """``config.nbeta``, or ``n / log n`` from the data set size when it is ``None``."""
+        if config.nbeta is not None:
+            return config.nbeta
+        if self.n is None:
+            raise ValueError(
+                "estimate_llc: nbeta=None needs the data set size from len(loader.dataset), which this loader "
+                "does not have; pass nbeta=nbeta_from_effective_size(n) with your n."
+            )
+        if self.n < 2:
+            raise ValueError(f"estimate_llc: the data set has {self.n} sample(s); nβ = n / log n needs n >= 2.")
+        return nbeta_from_effective_size(self.n)
+
+    def check(self, config: LLCConfig) -> None:
+        """Raise when ``config`` changes a setting that the preparation fixed."""
+        differ = {k: (v, getattr(config, k)) for k, v in self.structural.items() if getattr(config, k) != v}
+        if differ:
+            listed = ", ".join(f"{k}: prepared {a!r}, asked {b!r}" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"sample: the problem was prepared with other settings ({listed}); prepare it again with this "
+                "config, or keep these settings."
+            )
+
+    def step_function(self, slot: int, config: LLCConfig, use_compile: bool) -> StepFunction:
+        """The step of one slot for this config's sampler (built once per problem, compiled ones cached per model
+        object for the life of the process)."""
+        sampler = config.build_sampler()
+        signature = self._signature(slot, config)
+        key = (signature, use_compile)
+        if key not in self._steps:
+            self._steps[key] = StepFunction(
+                self.slots[slot],
+                sampler,
+                use_compile,
+                model_key=self.model,
+                signature=signature,
+                observe=self.observables is not None,
+            )
+        return self._steps[key]
+
+    def _signature(self, slot: int, config: LLCConfig) -> tuple:
+        sampler = config.build_sampler()
+        fm = self.slots[slot]
+        return (
+            slot,
+            self.observables is not None,
+            fm.device,
+            config.dtype,
+            config.model_mode,
+            self.layout,
+            self.objective,
+            sampler.name,
+            repr(sampler.step),
+            config.restrict_to_orth_grad,
+            config.bounding_box_size,
+            config.weight_decay,
+        )
+
+    def compiled_available(self, config: LLCConfig) -> bool:
+        """Whether a compiled step for this model and config is already in memory."""
+        return compiled_step_available(self.model, self._signature(0, config))
+
+    def feed(self, slot: int, seed: int, observables: bool = False) -> DataFeed:
+        """A fresh endless data feed on a slot's device (every feed of one seed yields the same batches)."""
+        fm = self.slots[slot]
+        loader = self.observables if observables else self.loader
+        return DataFeed(
+            loader,
+            self.objective.unpack,
+            fm.device,
+            seed + (1 if observables else 0),
+            _input_dtype(fm.param_dtype),
+            ledger=self.ledger,
+        )
+
+
+def _evaluation_set(fm: FunctionalModel, loader, objective: Objective) -> EvaluationSet:
+    feed = DataFeed(loader, objective.unpack, fm.device, ANCHOR_SEED, _input_dtype(fm.param_dtype))
+    batches, sizes, tokens = [], [], 0
+    for x, y in feed.one_pass():
+        with torch.no_grad():
+            losses = fm.per_sample_losses(fm.w_star, fm.frozen, fm.buffers, x, y)
+        batches.append((x, y))
+        sizes.append(losses.shape[0])
+        tokens = max(tokens, losses.shape[1]) if losses.dim() > 1 else 0
+    shape = (sum(sizes), tokens) if tokens else (sum(sizes),)
+    return EvaluationSet(tuple(batches), tuple(sizes), shape)
+
+
+def prepare(
+    model: nn.Module,
+    loader,
+    config: LLCConfig | None = None,
+    *,
+    criterion_fn: Callable | None = None,
+    unpack_fn: Callable | None = None,
+    loss_fn: Callable | None = None,
+    devices: str | torch.device | Sequence[str | torch.device] = "cpu",
+    params: ParamSelection = None,
+    observables=None,
+    evaluation=None,
+    compile: bool | str = "auto",
+) -> Problem:
+    """Prepare a model and its data for :func:`run_chains` / :func:`lambdahat.sample`.
+
+    Parameters
+    ----------
+    model:
+        The trained model at ``w*``; never modified (weights, buffers, device, dtype, mode, generator state).
+    loader:
+        Iterable of batches, re-iterated for every pass (a ``DataLoader`` usually).
+    config:
+        Supplies the settings that the preparation fixes (``dtype``, ``model_mode``, ``restrict_to_orth_grad``);
+        default ``LLCConfig()``.
+    criterion_fn, unpack_fn, loss_fn:
+        How a batch becomes a loss (see :class:`~lambdahat.functional.Objective`): ``criterion_fn(outputs,
+        targets)`` after ``unpack_fn(batch) -> (inputs, targets)`` (inputs that are a dict are passed as keyword
+        arguments), or ``loss_fn(model, batch)`` returning per-sample losses. Default ``F.cross_entropy``.
+    devices:
+        A device or a list of device slots; chain batches are spread over them and run concurrently.
+    params:
+        The sampled parameters (names, globs, module prefixes, ``{name: bool or element mask}``, a predicate);
+        the rest stay bitwise at ``w*``. ``None``: every parameter that requires grad.
+    observables:
+        A second loader on which draws and ``L0`` are evaluated while the sampler is driven by ``loader``.
+    evaluation:
+        A loader of a fixed set whose per-sample (per-token) losses are recorded at every draw
+        (``LLCResult.per_sample_losses``, ``[chains, draws, samples(, tokens)]``).
+    compile:
+        ``"auto"``, ``True`` or ``False`` (see :class:`lambdahat.LLCEstimator`).
+
+    Returns
+    -------
+    Problem
+    """
+    config = LLCConfig() if config is None else config
+    if not isinstance(config, LLCConfig):
+        raise TypeError(f"prepare: config must be an LLCConfig; got {type(config).__name__}.")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"estimate_llc: model must be a torch.nn.Module; got {type(model).__name__}.")
+    if compile not in (True, False, "auto"):
+        raise ValueError(f"estimate_llc: compile must be True, False or 'auto'; got {compile!r}.")
+    objective = Objective(criterion_fn, unpack_fn, loss_fn)
+    dev_list = resolve_devices(devices)
+    layout = select_parameters(model, params)
+    _loader_advice(loader, dev_list)
+    # One functional copy of the model per device slot: threads never share a module object, not even when the
+    # same device is listed twice.
+    slots = [FunctionalModel(model, objective, dev, config.dtype, layout, config.model_mode) for dev in dev_list]
+    main = slots[0]
+    in_dtype = _input_dtype(main.param_dtype)
+    ledger = PassLedger()
+    feed = DataFeed(loader, objective.unpack, main.device, ANCHOR_SEED, in_dtype, ledger=None)
+    init_loss, direction = anchor_loss_and_direction(main, feed, config.restrict_to_orth_grad)
+    if observables is not None:
+        obs_feed = DataFeed(observables, objective.unpack, main.device, ANCHOR_SEED, in_dtype)
+        init_loss = anchor_loss_and_direction(main, obs_feed, False)[0]
+    if not math.isfinite(init_loss):
+        raise ValueError(
+            f"estimate_llc: the loss at w* is {init_loss}; the model must have a finite loss on the data."
+        )
+    evaluation_sets = None
+    if evaluation is not None:
+        evaluation_sets = [_evaluation_set(fm, evaluation, objective) for fm in slots]
+    return Problem(
+        model=model,
+        loader=loader,
+        observables=observables,
+        objective=objective,
+        layout=main.layout,
+        devices=dev_list,
+        slots=slots,
+        structural=config.structural(),
+        init_loss=init_loss,
+        direction=direction,
+        n=dataset_size(loader),
+        evaluation=evaluation_sets,
+        compile=compile,
+        ledger=ledger,
+    )
+
+
+def run_chains(
+    problem: Problem,
+    config: LLCConfig,
+    *,
+    seed: int | None = None,
+    chain_batch: int | None = None,
+    show_progress: bool = True,
+    warn: bool = True,
+    settings: dict[str, Any] | None = None,
+) -> LLCResult:
+    """Run ``config.chains`` chains on a prepared problem.
+
+    Parameters
+    ----------
+    problem:
+        From :func:`prepare`.
+    config:
+        The sampling settings; ``learning_rate`` must be a number here (``"auto"`` is resolved by
+        :func:`lambdahat.sample`), and the settings fixed by the preparation must match.
+    seed:
+        Master seed. Chain ``c`` draws its noise from a stream derived from ``(seed, c)`` only, and every chain sees
+        the same data order, so per-chain results do not depend on ``chain_batch`` or the devices. ``None`` draws
+        one (recorded in the result).
+    chain_batch:
+        Chains per device call (``None``: all chains of a slot at once).
+    show_progress:
+        A tqdm bar over steps.
+    warn:
+        Issue the trust policy's warnings.
+    settings:
+        Extra metadata recorded in ``result.settings``.
+    """
+    if not isinstance(config, LLCConfig):
+        raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
+    if config.learning_rate == "auto":
+        raise ValueError(
+            "run_chains: learning_rate='auto' is chosen by lambdahat.sample or lambdahat.calibrate; pass a number."
+        )
+    problem.check(config)
+    if chain_batch is not None and (isinstance(chain_batch, bool) or not isinstance(chain_batch, int) or chain_batch < 1):
+        raise ValueError(f"estimate_llc: chain_batch must be an int >= 1 or None; got {chain_batch!r}.")
+    seed = resolve_seed(seed)
+    nbeta = problem.nbeta(config)
+    sampler = config.build_sampler()
+    plan = plan_chain_batches(config.chains, chain_batch, len(problem.slots))
+
+    def hyper_on(fm: FunctionalModel) -> Hyper:
+        t = lambda v: torch.tensor(v, device=fm.device, dtype=fm.param_dtype)  # noqa: E731
+        return Hyper(t(config.learning_rate), t(nbeta), t(config.localization))
+
+    def ctx_on(fm: FunctionalModel) -> Context:
+        u = None if problem.direction is None else problem.direction.to(fm.device)
+        return Context(fm.w_star, u, config.bounding_box_size, config.weight_decay)
+
+    main = problem.slots[0]
+    if problem.compile == "auto":
+        use_compile = problem.compiled_available(config) or (
+            predicted_eager_seconds(
+                main,
+                sampler,
+                len(plan[0][0]),
+                problem.feed(0, seed),
+                hyper_on(main),
+                ctx_on(main),
+                config.total_steps,
+            )
+            * max(len(batches) for batches in plan.values())
+            > AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS
+        )
+    else:
+        use_compile = bool(problem.compile)
+
+    jobs = [
+        SlotJob(
+            fm=fm,
+            step_fn=problem.step_function(slot, config, use_compile),
+            feed=problem.feed(slot, seed),
+            observables=None if problem.observables is None else problem.feed(slot, seed, observables=True),
+            hyper=hyper_on(fm),
+            ctx=ctx_on(fm),
+            evaluation=None if problem.evaluation is None else problem.evaluation[slot],
+        )
+        for slot, fm in enumerate(problem.slots)
+    ]
+    total_steps = config.total_steps * sum(len(batches) for batches in plan.values())
+    with tqdm(total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False) as bar:
+        trace = run_slots(jobs, plan, sampler, seed, config.schedule, on_step=lambda: bar.update(1))
+    recorded = {
+        **config.to_dict(),
+        "nbeta": nbeta,
+        "dtype": dtype_name(config.dtype),
+        "devices": [str(d) for d in problem.devices],
+        "chain_batch": len(plan[0][0]),
+        "compiled": any(job.step_fn.is_compiled for job in jobs),
+        "compile_seconds": sum(job.step_fn.compile_seconds for job in jobs),
+        "sampled_parameters": len(problem.layout.names),
+        "dim": problem.dim,
+        "calibration": None,
+        **(settings or {}),
+    }
+    return LLCResult.from_trace(
+        trace.info,
+        config.schedule,
+        problem.init_loss,
+        nbeta,
+        config.learning_rate,
+        config.localization,
+        seed,
+        recorded,
+        warn=warn,
+        counts=trace.counts,
+        per_sample_losses=trace.per_sample,
+    )

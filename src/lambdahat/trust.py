@@ -1,0 +1,360 @@
+"""The trust policy: when to believe an LLC estimate, in one table of thresholds.
+
+Every answer to "can I trust this λ̂?" in the package comes from here: the estimator's warnings
+(:attr:`~lambdahat.LLCResult.warnings`), the result's :attr:`~lambdahat.LLCResult.status`, the ``status`` column of
+the sweep tables, the red frames of :func:`~lambdahat.sweeps.plot_grid`, the reference line of
+:func:`~lambdahat.plot_diagnostics` and the modular-addition summaries. The statistics themselves (R-hat, ESS, the
+trend test, divergence) live in :mod:`lambdahat.diagnostics`; this module only judges them.
+
+An estimate is
+
+* ``"ok"`` when every check that could be made passed;
+* ``"untrusted"`` when one failed: mean MALA acceptance below :data:`MIN_ACCEPTANCE`, R-hat above
+  :data:`MAX_RHAT`, bulk ESS below :data:`MIN_ESS`, a loss trace still drifting (:data:`TREND_P_VALUE`), a distance
+  ``||w − w*||`` still growing (:data:`DISTANCE_P_VALUE`), some chains diverged, or a negative λ̂;
+* ``"diverged"`` when every chain diverged (there is no estimate).
+
+Sweeps add ``"failed"`` for a point that raised. A statistic that is undefined (NaN: one chain, too few draws, a
+sampler without acceptance) is not a failed check; the verdict's :attr:`Verdict.notes` say which checks were not
+made and why, so a NaN is never silent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ACCEPTANCE_KINDS",
+    "DISTANCE_P_VALUE",
+    "MAX_RHAT",
+    "MIN_ACCEPTANCE",
+    "MIN_ESS",
+    "SAMPLER_ACCEPTANCE",
+    "STATUSES",
+    "TREND_P_VALUE",
+    "Verdict",
+    "acceptance_kind",
+    "assess",
+    "describe",
+    "status_kind",
+    "status_line",
+]
+
+#: Least mean MALA acceptance of a trusted estimate. The finite step of SGLD biases λ̂ upward by about
+#: ``1/(1 − εκ/4)`` on curvature κ (exact on a quadratic potential), and the acceptance falls as ``εκ`` grows: on a
+#: 4-dimensional Gaussian, acceptance 0.84 already came with a 30 % upward bias of λ̂ and 0.6 with a fourfold one
+#: (tests/test_estimator.py). 0.9 is the well-tuned reference of Furman & Lau (2024) and the target of
+#: :func:`~lambdahat.calibrate`.
+MIN_ACCEPTANCE = 0.9
+
+#: Largest rank-normalized split R-hat of the loss traces (Vehtari et al. 2021). Above 1.1 the chains disagree
+#: about the distribution of the loss, the classic cut-off of Gelman & Rubin; Vehtari et al. advise 1.01 for final
+#: inference, which needs far longer chains than an LLC estimate uses, while well-mixed runs of 4 chains × 200 draws
+#: measured 1.00-1.04.
+MAX_RHAT = 1.1
+
+#: Least bulk effective sample size of the loss traces, over all chains together. Below about 100 the estimates of
+#: ESS and R-hat are themselves unreliable (Vehtari et al. 2021, which advises 100 per chain for final inference),
+#: and the Monte Carlo error of the mean loss exceeds a tenth of its posterior standard deviation. Measured on
+#: well-mixed runs of 4 chains × 200 draws (R-hat ≤ 1.04): 130-950; on runs whose R-hat flagged them: 6-16.
+MIN_ESS = 100
+
+#: The loss trace counts as drifting when the two halves of the draws differ at this two-sided significance level
+#: (the across-chain t-test :func:`~lambdahat.diagnostics.trend_z`): settled chains are flagged once in a thousand
+#: runs.
+TREND_P_VALUE = 1e-3
+
+#: The distance ``||w − w*||`` counts as still growing when the same across-chain t-test on its trace of draws has
+#: a two-sided p-value below this and a positive sign: the chains have not reached the scale of the localized
+#: posterior yet, and λ̂ still depends on the chain length.
+DISTANCE_P_VALUE = 1e-3
+
+#: How a mean acceptance was obtained. ``"gradient estimate"``: the closed-form MALA acceptance of the Langevin
+#: step with the potential difference from the trapezoid rule on the gradients (what SGLD and RMSProp-SGLD
+#: report; exact only on quadratic potentials, see :func:`~lambdahat.samplers.base.langevin_log_accept`);
+#: ``"exact"``: from the potential itself (reserved); ``"not available"``: the sampler's update has no
+#: Metropolis–Hastings counterpart (SGNHT), so acceptance is not checked.
+ACCEPTANCE_KINDS = ("gradient estimate", "exact", "not available")
+
+#: The acceptance kind of each built-in sampler.
+SAMPLER_ACCEPTANCE = {
+    "sgld": "gradient estimate",
+    "rmsprop_sgld": "gradient estimate",
+    "sgnht": "not available",
+}
+
+#: Values of a verdict's status; ``"failed"`` only in sweep tables (a point that raised).
+STATUSES = ("ok", "untrusted", "diverged", "failed")
+
+_KIND_TEXT = {
+    "gradient estimate": "estimated from the gradients by the trapezoid rule, exact on quadratic potentials",
+    "exact": "exact",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether to trust an estimate, and why.
+
+    Attributes
+    ----------
+    status:
+        ``"ok"``, ``"untrusted"`` or ``"diverged"`` (see :data:`STATUSES`).
+    reasons:
+        One short phrase per failed check (``"acceptance 0.86 < 0.9"``); empty when ``status == "ok"``.
+    advice:
+        Plain-language sentences, one per problem, each saying what to change (the result's ``warnings``).
+    notes:
+        Checks that were not made and why (a NaN statistic, a sampler without acceptance); not warnings.
+    """
+
+    status: str
+    reasons: tuple[str, ...] = ()
+    advice: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """``status == "ok"``."""
+        return self.status == "ok"
+
+    @property
+    def line(self) -> str:
+        """The one-line status of tables (:func:`status_line`)."""
+        return status_line(self)
+
+
+def acceptance_kind(sampler: str | None) -> str:
+    """How the MALA acceptance of ``sampler`` is obtained (one of :data:`ACCEPTANCE_KINDS`).
+
+    Examples
+    --------
+    >>> acceptance_kind("sgld"), acceptance_kind("sgnht")
+    ('gradient estimate', 'not available')
+    """
+    return SAMPLER_ACCEPTANCE.get(str(sampler), "gradient estimate")
+
+
+def _num(value: float, limit: float, above: bool, digits: int = 2) -> str:
+    """``value`` with enough decimals that it reads as lying on its side of ``limit`` (0.8999 is not "0.90")."""
+    for d in range(digits, digits + 5):
+        text = f"{value:.{d}f}"
+        if (float(text) > limit) if above else (float(text) < limit):
+            return text
+    return f"{value:.{digits + 4}f}"
+
+
+def _finite(x: object) -> bool:
+    try:
+        return math.isfinite(float(x))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def assess(
+    *,
+    acceptance: float = math.nan,
+    acceptance_kind: str = "gradient estimate",
+    rhat: float = math.nan,
+    ess: float = math.nan,
+    trend_p: float = math.nan,
+    distance_trend_p: float = math.nan,
+    diverged: Sequence[int] | int = (),
+    chains: int | None = None,
+    llc_mean: float = math.nan,
+    trend_z: float = math.nan,
+    distance_trend_z: float = math.nan,
+    sampler: str | None = None,
+) -> Verdict:
+    """Judge an estimate from its plain numbers.
+
+    The checks, each against a threshold of this module:
+
+    .. math::
+
+        \\bar a \\ge a_{\\min}, \\quad \\hat R \\le \\hat R_{\\max}, \\quad \\mathrm{ESS} \\ge \\mathrm{ESS}_{\\min},
+        \\quad p_{\\text{loss}} \\ge p_{\\min}, \\quad \\neg\\,(p_{\\|w-w^*\\|} < p_{\\min} \\wedge t_{\\|w-w^*\\|} > 0),
+        \\quad \\text{no chain diverged}, \\quad \\hat\\lambda \\ge 0
+
+    with :data:`MIN_ACCEPTANCE`, :data:`MAX_RHAT`, :data:`MIN_ESS`, :data:`TREND_P_VALUE` and
+    :data:`DISTANCE_P_VALUE`. A NaN statistic is not checked (a note says so); every chain diverged gives status
+    ``"diverged"`` and skips the other checks.
+
+    Parameters
+    ----------
+    acceptance:
+        Mean MALA acceptance over the draws of the kept chains (NaN when undefined).
+    acceptance_kind:
+        How it was obtained: one of :data:`ACCEPTANCE_KINDS` (``"not available"``: not checked).
+    rhat, ess:
+        R-hat and bulk ESS of the loss traces of the kept chains.
+    trend_p, trend_z:
+        Two-sided p-value and t statistic of the loss trend test (:func:`~lambdahat.diagnostics.trend_z`).
+    distance_trend_p, distance_trend_z:
+        The same for the trace of ``||w − w*||``; only growth (``t > 0``) fails the check.
+    diverged:
+        Indices of the diverged chains, or their number.
+    chains:
+        Number of chains (``None``: unknown, then "every chain diverged" cannot be told).
+    llc_mean:
+        λ̂ over the kept chains.
+    sampler:
+        The sampler's name, for the text of the notes.
+
+    Returns
+    -------
+    Verdict
+
+    Examples
+    --------
+    >>> v = assess(acceptance=0.86, rhat=1.01, ess=400, trend_p=0.5, chains=4, llc_mean=3.0)
+    >>> v.status, v.reasons
+    ('untrusted', ('acceptance 0.86 < 0.9',))
+    >>> status_line(v)
+    'untrusted: acceptance 0.86 < 0.9'
+    >>> assess(diverged=[0, 1], chains=2).status
+    'diverged'
+    """
+    if acceptance_kind not in ACCEPTANCE_KINDS:
+        raise ValueError(
+            f"assess: acceptance_kind must be one of {ACCEPTANCE_KINDS}; got {acceptance_kind!r}."
+        )
+    if hasattr(diverged, "__iter__"):
+        which: list[int] | None = [int(c) for c in diverged]
+        n_div = len(which)
+    else:
+        n_div, which = (int(diverged) if _finite(diverged) else 0), None
+    reasons: list[str] = []
+    advice: list[str] = []
+    notes: list[str] = []
+    if n_div:
+        where = f"chains {which}" if which is not None else f"{n_div} chain(s)"
+        advice.append(
+            f"{where} diverged (non-finite or exploding loss) and are left out of llc_mean; lower learning_rate or "
+            "raise localization."
+        )
+    if n_div and chains is not None and n_div >= chains:
+        advice.append("every chain diverged: there is no estimate. Lower learning_rate by 10x and try again.")
+        return Verdict("diverged", ("every chain diverged",), tuple(advice), ())
+    if n_div:
+        reasons.append(f"{n_div} of {chains} chains diverged" if chains is not None else f"{n_div} diverged")
+
+    who = f"{sampler}'s" if sampler else "the sampler's"
+    if acceptance_kind == "not available":
+        notes.append(
+            f"MALA acceptance not checked: {who} update has no Metropolis–Hastings counterpart, so it has no "
+            "acceptance (reported as NaN); the R-hat, ESS, drift, distance and divergence checks apply."
+        )
+    elif not _finite(acceptance):
+        notes.append(
+            "MALA acceptance not checked: no draw of a kept chain has a defined acceptance (NaN; a chain's first "
+            "step has none, so use burnin_steps >= 1 or more draws); the other checks apply."
+        )
+    elif acceptance < MIN_ACCEPTANCE:
+        a = _num(acceptance, MIN_ACCEPTANCE, above=False)
+        reasons.append(f"acceptance {a} < {MIN_ACCEPTANCE:g}")
+        advice.append(
+            f"mean MALA acceptance is {a} (< {MIN_ACCEPTANCE:g}; {_KIND_TEXT[acceptance_kind]}): the step is too "
+            "large for the posterior's curvature κ, which biases λ̂ upward by about 1/(1 − εκ/4); lower "
+            "learning_rate."
+        )
+
+    if _finite(rhat) and rhat > MAX_RHAT:
+        r = _num(rhat, MAX_RHAT, above=True)
+        reasons.append(f"R-hat {r} > {MAX_RHAT:g}")
+        advice.append(
+            f"R-hat of the loss traces is {r} (> {MAX_RHAT:g}): the chains disagree; run longer (more "
+            "burnin_steps and draws) or raise localization."
+        )
+    if _finite(ess) and ess < MIN_ESS:
+        e = _num(ess, MIN_ESS, above=False, digits=0)
+        reasons.append(f"ESS {e} < {MIN_ESS}")
+        advice.append(
+            f"the bulk effective sample size of the loss traces is {e} (< {MIN_ESS} over all chains): too few "
+            "independent draws to trust R-hat, the drift test and the standard error; raise draws (or "
+            "steps_bw_draws), or learning_rate if the acceptance allows it."
+        )
+    if _finite(trend_p) and trend_p < TREND_P_VALUE:
+        reasons.append(f"loss still drifting (p = {trend_p:.1g})")
+        t = f"t = {trend_z:+.1f}, " if _finite(trend_z) else ""
+        advice.append(
+            f"the loss trace is still drifting ({t}between the first and second half of the draws across chains, "
+            f"p = {trend_p:.1g} < {TREND_P_VALUE:g}): raise burnin_steps, or learning_rate if the chains barely "
+            "move."
+        )
+    if _finite(distance_trend_p) and distance_trend_p < DISTANCE_P_VALUE and distance_trend_z > 0:
+        reasons.append(f"distance still growing (p = {distance_trend_p:.1g})")
+        advice.append(
+            f"the distance ||w − w*|| is still growing (t = {distance_trend_z:+.1f} between the first and second "
+            f"half of the draws across chains, p = {distance_trend_p:.1g} < {DISTANCE_P_VALUE:g}): the chains "
+            "have not reached the scale of the localized posterior, so λ̂ may still change with the chain "
+            "length; raise burnin_steps (or localization)."
+        )
+    if _finite(llc_mean) and llc_mean < 0:
+        reasons.append(f"λ̂ = {llc_mean:.3g} < 0")
+        advice.append(
+            f"λ̂ is negative ({llc_mean:.3g}): the chains found lower loss than w*, which is then not a local "
+            "minimum at this temperature; train further, raise localization or use restrict_to_orth_grad=True."
+        )
+
+    unchecked = [
+        name
+        for name, value in (
+            ("R-hat", rhat),
+            ("ESS", ess),
+            ("loss drift", trend_p),
+            ("distance growth", distance_trend_p),
+        )
+        if not _finite(value)
+    ]
+    if unchecked and chains is not None:
+        notes.append(
+            f"not checked: {', '.join(unchecked)} (undefined: they need at least 2 chains that did not diverge, "
+            "and 4 draws for R-hat and ESS, 8 for the drift and distance tests)."
+        )
+    return Verdict("untrusted" if reasons else "ok", tuple(reasons), tuple(advice), tuple(notes))
+
+
+def status_line(verdict: Verdict) -> str:
+    """The one-line status of a verdict for tables: ``"ok"``, ``"diverged"`` or ``"untrusted: <reasons>"``.
+
+    Examples
+    --------
+    >>> status_line(Verdict("untrusted", ("acceptance 0.86 < 0.9", "R-hat 1.23 > 1.1")))
+    'untrusted: acceptance 0.86 < 0.9; R-hat 1.23 > 1.1'
+    """
+    if verdict.status == "untrusted" and verdict.reasons:
+        return "untrusted: " + "; ".join(verdict.reasons)
+    return verdict.status
+
+
+def status_kind(text: object) -> str:
+    """The status word of a table's status text: ``"untrusted: ..."`` → ``"untrusted"``; ``"ok"``,
+    ``"diverged"``, ``"failed"`` as they are; anything else (a missing point, NaN) → ``"missing"``.
+
+    Examples
+    --------
+    >>> status_kind("untrusted: ESS 40 < 100"), status_kind("ok"), status_kind(None)
+    ('untrusted', 'ok', 'missing')
+    """
+    if not isinstance(text, str):
+        return "missing"
+    word = text.split(":", 1)[0].strip()
+    return word if word in STATUSES else "missing"
+
+
+def describe() -> str:
+    """The policy in one sentence, with its thresholds (for figure legends and reports).
+
+    Examples
+    --------
+    >>> describe()
+    'MALA acceptance < 0.9, R-hat > 1.1, ESS < 100, a drifting loss or growing ||w − w*|| (p < 0.001), a diverged chain or λ̂ < 0'
+    """
+    p = f"{TREND_P_VALUE:g}" + ("" if TREND_P_VALUE == DISTANCE_P_VALUE else f"/{DISTANCE_P_VALUE:g}")
+    return (
+        f"MALA acceptance < {MIN_ACCEPTANCE:g}, R-hat > {MAX_RHAT:g}, ESS < {MIN_ESS}, a drifting loss or growing "
+        f"||w − w*|| (p < {p}), a diverged chain or λ̂ < 0"
+    )
