@@ -15,30 +15,44 @@ targets that do not fit the criterion or a non-scalar loss fail with a message t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch.func import grad_and_value
 
 from .data import DataFeed
 from .functional import FunctionalModel
 
-__all__ = ["anchor_loss_and_direction"]
+__all__ = ["Anchor", "anchor_loss_and_direction", "anchor_pass"]
+
+
+class Anchor(NamedTuple):
+    """What one pass at ``w*`` gives: ``init_loss`` (L0), the unit gradient ``direction`` (or None) and the number
+    of ``batches`` in a pass."""
+
+    init_loss: float
+    direction: torch.Tensor | None
+    batches: int
 
 
 def anchor_loss_and_direction(
     fm: FunctionalModel, feed: DataFeed, with_direction: bool
 ) -> tuple[float, torch.Tensor | None]:
-    """``L0`` and, if ``with_direction``, ``u = ∇L_n(w*) / ||∇L_n(w*)||`` (full batch) for
-    ``restrict_to_orth_grad``.
+    """``L0`` and, if ``with_direction``, ``u = ∇L_n(w*) / ||∇L_n(w*)||`` (see :func:`anchor_pass`)."""
+    anchor = anchor_pass(fm, feed, with_direction)
+    return anchor.init_loss, anchor.direction
 
-    Returns
-    -------
-    L0 : float; u : ``[D]`` tensor on the functional model's device, or None.
-    """
+
+def anchor_pass(fm: FunctionalModel, feed: DataFeed, with_direction: bool) -> Anchor:
+    """One pass over the data at ``w*``: ``L0`` and, if ``with_direction``, ``u = ∇L_n(w*) / ||∇L_n(w*)||`` (full
+    batch) for ``restrict_to_orth_grad``; ``u`` is a ``[D]`` tensor on the functional model's device."""
     total = torch.zeros((), dtype=torch.float64, device=fm.device)
     count = torch.zeros((), dtype=torch.float64, device=fm.device)
     grad_sum = torch.zeros(fm.layout.dim, dtype=torch.float64, device=fm.device) if with_direction else None
     value_and_grad = grad_and_value(fm.loss_and_count, has_aux=True)
+    batches = 0
     for i, (x, y) in enumerate(feed.one_pass()):
+        batches += 1
         if i == 0:
             fm.check(x, y)
         if with_direction:
@@ -56,11 +70,11 @@ def anchor_loss_and_direction(
         )
     init_loss = float(total / count)
     if not with_direction:
-        return init_loss, None
+        return Anchor(init_loss, None, batches)
     norm = grad_sum.norm()
     if not torch.isfinite(norm) or norm == 0:
         raise ValueError(
             "estimate_llc: restrict_to_orth_grad=True needs a non-zero, finite full-batch gradient at w*; "
             f"its norm is {float(norm)}. Use restrict_to_orth_grad=False at an exact critical point."
         )
-    return init_loss, (grad_sum / norm).to(fm.param_dtype)
+    return Anchor(init_loss, (grad_sum / norm).to(fm.param_dtype), batches)

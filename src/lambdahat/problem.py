@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .anchor import anchor_loss_and_direction
+from .anchor import anchor_pass
 from .chains import (
     AUTO_COMPILE_FACTOR,
     COMPILE_SECONDS_GUESS,
@@ -44,7 +44,7 @@ from .result import LLCResult
 from .rng import resolve_seed
 from .samplers import Context, Hyper
 
-__all__ = ["Problem", "nbeta_from_effective_size", "prepare", "run_chains"]
+__all__ = ["Problem", "acceptance_kind", "nbeta_from_effective_size", "prepare", "run_chains"]
 
 #: The data-feed seed of the pass that computes L0 (L0 sums over a whole pass, so the order only affects rounding).
 ANCHOR_SEED = 0
@@ -122,6 +122,10 @@ class Problem:
         Batches of the set whose per-sample losses are recorded at every draw, per slot.
     compile:
         ``True``, ``False`` or ``"auto"``.
+    full_batch:
+        Every step sees the same single batch holding the whole data set (a loader of one batch over a
+        ``TensorDataset``, or a list of one batch, and no observables): the samplers then report the *exact* MALA
+        acceptance, computed from the full-data potentials, instead of the gradient-based estimate.
     """
 
     model: nn.Module
@@ -137,6 +141,7 @@ class Problem:
     n: int | None
     evaluation: list[EvaluationSet] | None
     compile: bool | str
+    full_batch: bool = False
     ledger: PassLedger = field(default_factory=PassLedger)
     _steps: dict = field(default_factory=dict, repr=False)
 
@@ -221,6 +226,15 @@ class Problem:
         )
 
 
+def _fixed_data(loader) -> bool:
+    """Whether every pass of the loader gives the same samples (no augmentation can hide in it)."""
+    if isinstance(loader, list | tuple):
+        return True
+    return isinstance(loader, torch.utils.data.DataLoader) and isinstance(
+        loader.dataset, torch.utils.data.TensorDataset
+    )
+
+
 def _evaluation_set(fm: FunctionalModel, loader, objective: Objective) -> EvaluationSet:
     feed = DataFeed(loader, objective.unpack, fm.device, ANCHOR_SEED, _input_dtype(fm.param_dtype))
     batches, sizes, tokens = [], [], 0
@@ -298,10 +312,11 @@ def prepare(
     in_dtype = _input_dtype(main.param_dtype)
     ledger = PassLedger()
     feed = DataFeed(loader, objective.unpack, main.device, ANCHOR_SEED, in_dtype, ledger=None)
-    init_loss, direction = anchor_loss_and_direction(main, feed, config.restrict_to_orth_grad)
+    anchor = anchor_pass(main, feed, config.restrict_to_orth_grad)
+    init_loss, direction = anchor.init_loss, anchor.direction
     if observables is not None:
         obs_feed = DataFeed(observables, objective.unpack, main.device, ANCHOR_SEED, in_dtype)
-        init_loss = anchor_loss_and_direction(main, obs_feed, False)[0]
+        init_loss = anchor_pass(main, obs_feed, False).init_loss
     if not math.isfinite(init_loss):
         raise ValueError(
             f"estimate_llc: the loss at w* is {init_loss}; the model must have a finite loss on the data."
@@ -323,8 +338,18 @@ def prepare(
         n=dataset_size(loader),
         evaluation=evaluation_sets,
         compile=compile,
+        full_batch=observables is None and anchor.batches == 1 and _fixed_data(loader),
         ledger=ledger,
     )
+
+
+def acceptance_kind(sampler: str, full_batch: bool) -> str:
+    """How the MALA acceptance of a run is obtained: ``"exact"`` (full-batch data: from the potentials),
+    ``"gradient estimate"`` (the trapezoid rule on the gradients, exact on quadratic potentials) or
+    ``"not available"`` (SGNHT, whose update has no Metropolis–Hastings counterpart)."""
+    if sampler == "sgnht":
+        return "not available"
+    return "exact" if full_batch else "gradient estimate"
 
 
 def run_chains(
@@ -379,7 +404,8 @@ def run_chains(
 
     def ctx_on(fm: FunctionalModel) -> Context:
         u = None if problem.direction is None else problem.direction.to(fm.device)
-        return Context(fm.w_star, u, config.bounding_box_size, config.weight_decay)
+        exact = problem.full_batch and sampler.name != "sgnht"
+        return Context(fm.w_star, u, config.bounding_box_size, config.weight_decay, exact)
 
     main = problem.slots[0]
     if problem.compile == "auto":
@@ -424,6 +450,7 @@ def run_chains(
         "compile_seconds": sum(job.step_fn.compile_seconds for job in jobs),
         "sampled_parameters": len(problem.layout.names),
         "dim": problem.dim,
+        "acceptance_kind": acceptance_kind(sampler.name, problem.full_batch),
         "calibration": None,
         **(settings or {}),
     }

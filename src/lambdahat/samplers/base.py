@@ -17,10 +17,14 @@ __all__ = [
     "Context",
     "Hyper",
     "Info",
+    "Previous",
     "Sampler",
+    "exact_acceptance_step",
+    "exact_log_accept",
     "langevin_log_accept",
     "localized_drift",
     "mala_log_accept",
+    "potential",
     "project",
 ]
 
@@ -37,13 +41,16 @@ class Hyper(NamedTuple):
 class Context(NamedTuple):
     """Fixed settings of a run: the anchor ``w*`` ``[D]``, the unit gradient direction ``u`` ``[D]`` removed by
     ``restrict_to_orth_grad`` (or ``None``), the half-width of the optional bounding box around ``w*`` and the
-    coefficient ``wd`` of the optional ``(wd/2)||w||²`` term of the potential (Python numbers: a step compiled
-    for one setting is specialised to it)."""
+    coefficient ``wd`` of the optional ``(wd/2)||w||²`` term of the potential, and whether the step's loss is the
+    full-data loss (one batch holding the whole data set), so that the exact MALA acceptance can be computed from
+    potentials (:func:`exact_log_accept`) instead of estimated from gradients (Python values: a step compiled for
+    one setting is specialised to it)."""
 
     w_star: torch.Tensor
     orth_u: torch.Tensor | None = None
     box: float | None = None
     weight_decay: float = 0.0
+    exact_acceptance: bool = False
 
 
 class Info(NamedTuple):
@@ -138,6 +145,77 @@ def mala_log_accept(
         log_q_bwd = log_q_bwd - 0.5 * torch.log(precond).sum(-1)
     delta_potential = 0.5 * ((prev_drift + drift) * step).sum(-1)
     return torch.clamp(-delta_potential + log_q_bwd - log_q_fwd, max=0.0)
+
+
+def potential(loss: torch.Tensor, theta: torch.Tensor, delta: torch.Tensor, hyper: Hyper, ctx: Context):
+    """``U(w) = nβ L(w) + (γ/2)||w − w*||² + (wd/2)||w||²`` per chain, from the loss at ``w`` and ``w − w*``."""
+    value = hyper.nbeta * loss + 0.5 * hyper.localization * (delta * delta).sum(-1)
+    if ctx.weight_decay:
+        value = value + 0.5 * ctx.weight_decay * (theta * theta).sum(-1)
+    return value
+
+
+def exact_log_accept(
+    prev_theta: torch.Tensor,
+    theta: torch.Tensor,
+    prev_drift: torch.Tensor,
+    drift: torch.Tensor,
+    prev_potential: torch.Tensor,
+    potential_now: torch.Tensor,
+    learning_rate: torch.Tensor,
+    prev_precond: torch.Tensor | float = 1.0,
+    precond: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """The exact log Metropolis–Hastings acceptance of the Langevin transition ``w → w'``:
+
+    .. math::
+
+        \\log a = \\min\\Big(0,\\; U(w) - U(w') + \\log q(w|w') - \\log q(w'|w)\\Big),
+        \\qquad q(w'|w) = \\mathcal N\\big(w'; w - \\tfrac{\\varepsilon}{2} G \\nabla U(w), \\varepsilon G\\big)
+
+    with the potentials themselves (valid when ``U`` is the full-data potential, the same function at both points).
+    """
+    step = theta - prev_theta
+    half = 0.5 * learning_rate
+    fwd = step + half * prev_precond * prev_drift
+    bwd = -step + half * precond * drift
+    log_q_fwd = -(fwd * fwd / prev_precond).sum(-1) / (2 * learning_rate)
+    log_q_bwd = -(bwd * bwd / precond).sum(-1) / (2 * learning_rate)
+    if isinstance(prev_precond, torch.Tensor):
+        log_q_fwd = log_q_fwd - 0.5 * torch.log(prev_precond).sum(-1)
+        log_q_bwd = log_q_bwd - 0.5 * torch.log(precond).sum(-1)
+    return torch.clamp(prev_potential - potential_now + log_q_bwd - log_q_fwd, max=0.0)
+
+
+class Previous(NamedTuple):
+    """The previous position, drift (and preconditioner) and potential, kept only for the exact acceptance."""
+
+    theta: torch.Tensor
+    drift: torch.Tensor
+    potential: torch.Tensor
+    precond: torch.Tensor | float = 1.0
+
+
+def exact_acceptance_step(
+    prev: Previous | None,
+    theta: torch.Tensor,
+    drift: torch.Tensor,
+    loss: torch.Tensor,
+    delta: torch.Tensor,
+    hyper: Hyper,
+    ctx: Context,
+    precond: torch.Tensor | float = 1.0,
+) -> tuple[torch.Tensor, Previous]:
+    """The exact log acceptance of the transition into ``theta`` (NaN at the first step) and the record of this
+    point for the next step."""
+    now = potential(loss, theta, delta, hyper, ctx)
+    if prev is None:
+        log_accept = torch.full_like(now, float("nan"))
+    else:
+        log_accept = exact_log_accept(
+            prev.theta, theta, prev.drift, drift, prev.potential, now, hyper.learning_rate, prev.precond, precond
+        )
+    return log_accept, Previous(theta, drift, now, precond)
 
 
 def langevin_log_accept(

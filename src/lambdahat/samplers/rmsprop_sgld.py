@@ -28,7 +28,9 @@ from .base import (
     Context,
     Hyper,
     Info,
+    Previous,
     Sampler,
+    exact_acceptance_step,
     finish_position,
     langevin_log_accept,
     localized_drift,
@@ -45,6 +47,7 @@ class State(NamedTuple):
     square_avg: torch.Tensor
     prev_energy: torch.Tensor
     count: torch.Tensor
+    prev: Previous | None = None
 
 
 def init(theta: torch.Tensor) -> State:
@@ -77,13 +80,17 @@ def step(
     square_avg = torch.where(adapting.unsqueeze(-1), adapted, state.square_avg)
     precond = 1.0 / (square_avg.sqrt() + eps)
     energy = (precond * drift * drift).sum(-1)
-    log_accept = langevin_log_accept(state.prev_energy, energy, hyper.learning_rate)
+    prev = None
+    if ctx.exact_acceptance:
+        log_accept, prev = exact_acceptance_step(state.prev, theta, drift, loss, delta, hyper, ctx, precond)
+    else:
+        log_accept = langevin_log_accept(state.prev_energy, energy, hyper.learning_rate)
     kick = project(noise * (hyper.learning_rate * precond).sqrt(), ctx.orth_u)
     new_theta = finish_position(
         theta - 0.5 * hyper.learning_rate * project(precond * drift, ctx.orth_u) + kick, ctx
     )
     info = Info(loss, log_accept, grad.norm(dim=-1), kick.norm(dim=-1), delta.norm(dim=-1))
-    return State(new_theta, square_avg, energy, state.count + 1), info
+    return State(new_theta, square_avg, energy, state.count + 1, prev), info
 
 
 def build(alpha: float = 0.99, eps: float = 1e-1, adapt_steps: int = 100) -> Sampler:

@@ -20,7 +20,9 @@ from .base import (
     Context,
     Hyper,
     Info,
+    Previous,
     Sampler,
+    exact_acceptance_step,
     finish_position,
     langevin_log_accept,
     localized_drift,
@@ -32,10 +34,12 @@ __all__ = ["State", "build", "init", "step"]
 
 class State(NamedTuple):
     """Chain positions ``theta`` ``[chains, D]`` and ``||∇U||²`` of the previous step ``[chains]`` (for the MALA
-    diagnostic, see :func:`~lambdahat.samplers.base.langevin_log_accept`)."""
+    diagnostic, see :func:`~lambdahat.samplers.base.langevin_log_accept`); with full-batch data, the previous point
+    for the exact acceptance (:func:`~lambdahat.samplers.base.exact_acceptance_step`)."""
 
     theta: torch.Tensor
     prev_energy: torch.Tensor
+    prev: Previous | None = None
 
 
 def init(theta: torch.Tensor) -> State:
@@ -62,7 +66,11 @@ def step(
     theta = state.theta
     drift, delta = localized_drift(theta, grad, hyper, ctx)
     energy = torch.linalg.vector_norm(drift, dim=-1).square()
-    log_accept = langevin_log_accept(state.prev_energy, energy, hyper.learning_rate)
+    prev = None
+    if ctx.exact_acceptance:
+        log_accept, prev = exact_acceptance_step(state.prev, theta, drift, loss, delta, hyper, ctx)
+    else:
+        log_accept = langevin_log_accept(state.prev_energy, energy, hyper.learning_rate)
     scale = hyper.learning_rate.sqrt()
     if ctx.orth_u is None:
         noise_norm = torch.linalg.vector_norm(noise, dim=-1) * scale
@@ -78,7 +86,7 @@ def step(
         noise_norm=noise_norm,
         distance=torch.linalg.vector_norm(delta, dim=-1),
     )
-    return State(finish_position(new_theta, ctx), energy), info
+    return State(finish_position(new_theta, ctx), energy, prev), info
 
 
 def build() -> Sampler:
