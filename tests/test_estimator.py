@@ -21,12 +21,15 @@ def test_public_surface_is_pinned():
         "Calibration",
         "CalibrationError",
         "GridSearchConfig",
+        "LLCConfig",
         "LLCEstimator",
         "LLCGridSearch",
         "LLCResult",
+        "Problem",
         "Sampler",
         "__version__",
         "calibrate",
+        "calibrate_problem",
         "calibrated_estimator",
         "llc_over_checkpoints",
         "nbeta_from_effective_size",
@@ -34,6 +37,8 @@ def test_public_surface_is_pinned():
         "plot_grid",
         "plot_llc_over_checkpoints",
         "plot_trace",
+        "prepare",
+        "sample",
     }
     for name in lambdahat.__all__:
         assert hasattr(lambdahat, name)
@@ -376,14 +381,16 @@ def test_replace_copies_settings_and_rebuilds_the_sampler():
     est = LLCEstimator(draws=30, burnin_steps=7, sampler="rmsprop_sgld", sampler_options={"alpha": 0.9})
     copy = est.replace(burnin_steps=11, learning_rate=1e-3)
     assert (copy.draws, copy.burnin_steps, copy.learning_rate) == (30, 11, 1e-3)
-    assert copy.sampler_options == {"alpha": 0.9, "adapt_steps": 11}
+    assert copy.sampler_options == {"alpha": 0.9}
+    # RMSProp-SGLD adapts its preconditioner during the (new) burn-in unless told otherwise
+    assert copy.config.build_sampler().step.keywords == {"alpha": 0.9, "eps": 0.1, "adapt_steps": 11}
     assert est.burnin_steps == 7
     with pytest.raises(TypeError, match="unknown settings"):
         est.replace(drawz=3)
 
 
 def test_loader_advice_only_where_it_matters(classification_data):
-    from lambdahat.estimator import _loader_advice
+    from lambdahat.problem import _loader_advice
 
     class Plain(torch.utils.data.Dataset):
         def __len__(self):

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import lambdahat.plotting as plotting_module
 from lambdahat import LLCEstimator, truth
 from lambdahat.plotting import plot_diagnostics, plot_trace
+from lambdahat.trust import MIN_ACCEPTANCE
 
 CHAINS = 3
 DRAWS = 20
@@ -124,12 +125,12 @@ def test_plot_diagnostics_panels(result):
     fig = plot_diagnostics(result)
     assert isinstance(fig, Figure) and len(fig.axes) == 4
     ax_acc, ax_dist, ax_grad, ax_text = fig.axes
-    # acceptance: the per-draw mean and the 0.9 reference
+    # acceptance: the per-draw mean and the trust policy's threshold as reference
     assert len(ax_acc.lines) == 2
-    assert list(ax_acc.lines[1].get_ydata()) == [0.9, 0.9]
+    assert list(ax_acc.lines[1].get_ydata()) == [MIN_ACCEPTANCE, MIN_ACCEPTANCE]
     expected = np.nanmean(result.mala_acceptance_trace.double().numpy(), axis=0)
     np.testing.assert_allclose(ax_acc.lines[0].get_ydata(), expected, rtol=1e-6, equal_nan=True)
-    assert "0.9 (well tuned)" in _legend_texts(ax_acc)
+    assert f"{MIN_ACCEPTANCE:g} (least trusted mean)" in _legend_texts(ax_acc)
     assert ax_acc.get_title() == "MALA acceptance per draw"
     # distance and gradient norm: one line per chain
     assert len(ax_dist.lines) == CHAINS and "||w − w*||" in ax_dist.get_title()
@@ -143,8 +144,10 @@ def test_plot_diagnostics_panels(result):
         f"R-hat: {result.rhat:.3f}",
         f"ESS: {result.ess:.1f}",
         f"trend_z: {result.trend_z:+.2f}",
-        f"MALA acceptance (mean): {result.mala_acceptance:.3f}",
+        f"distance_trend_z: {result.distance_trend_z:+.2f}",
+        f"MALA acceptance (mean): {result.mala_acceptance:.3f} (gradient estimate)",
         "diverged chains: none",
+        f"status: {result.status}",
     ):
         assert piece in content, piece
     assert text.get_bbox_patch() is not None
@@ -172,8 +175,10 @@ def test_sgnht_and_all_diverged_results_still_plot(result):
         mala_acceptance=float("nan"),
         settings={**result.settings, "sampler": "sgnht"},
     )
-    ax_acc = plot_diagnostics(sgnht).axes[0]
+    ax_acc, _, _, ax_text = plot_diagnostics(sgnht).axes
     assert "not defined for sgnht" in ax_acc.texts[0].get_text()
+    assert "Metropolis–Hastings" in ax_acc.texts[0].get_text()
+    assert "MALA acceptance: not available for sgnht (not checked)" in ax_text.texts[0].get_text()
     gone = dataclasses.replace(
         result,
         diverged=torch.ones(CHAINS, dtype=torch.bool),

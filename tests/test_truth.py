@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lambdahat import truth
+from lambdahat.truth import cases, formulas, potentials, quadrature, references
 from lambdahat.truth import (
     PotentialModel,
     TruthCase,
@@ -44,9 +45,19 @@ def _nbeta(n: int) -> float:
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(truth, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 20
-    assert result.failed == 0
+    attempted = 0
+    for module in (truth, formulas, potentials, quadrature, references, cases):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, module.__name__
+        attempted += result.attempted
+    assert attempted > 20
+
+
+def test_every_public_name_is_reexported_by_the_package():
+    for module in (formulas, potentials, quadrature, references, cases):
+        for name in module.__all__:
+            assert getattr(truth, name) is getattr(module, name)
+            assert name in truth.__all__
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ size), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``plottin
 learning coefficients and their models), ``validation`` and ``modadd`` (the modular-addition toolkit).
 """
 
-from .calibration import Calibration, CalibrationError, calibrate, calibrated_estimator
+from .calibration import Calibration, CalibrationError, calibrate, calibrate_problem, calibrated_estimator
 from .config import LLCConfig
 from .estimator import LLCEstimator, nbeta_from_effective_size, sample
 from .plotting import plot_diagnostics, plot_trace
@@ -37,6 +37,7 @@ __all__ = [
     "Sampler",
     "__version__",
     "calibrate",
+    "calibrate_problem",
     "calibrated_estimator",
     "llc_over_checkpoints",
     "nbeta_from_effective_size",

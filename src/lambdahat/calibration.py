@@ -8,7 +8,8 @@ and step functions with each other and with the main run; :func:`lambdahat.sampl
 **The rule.** ε is the largest tested step at most ``ε_top`` whose pilot run is
 
 * *stable*: no chain diverged (:func:`lambdahat.diagnostics.divergence`);
-* *accepting*: its mean MALA acceptance ``result.mala_acceptance`` is at least ``target_acceptance`` (0.9);
+* *accepting*: its mean MALA acceptance ``result.mala_acceptance`` is at least ``target_acceptance`` (default the
+  trust policy's :data:`lambdahat.trust.MIN_ACCEPTANCE`, 0.9);
 * *stationary*: the two-sided p-value of its trend statistic, ``diagnostics.trend_p_value(result.trend_z,
   chains kept)``, is at least ``PILOT_TREND_P_VALUE`` (0.01).
 
@@ -100,12 +101,12 @@ from .problem import Problem, prepare, run_chains
 from .result import LLCResult
 from .rng import resolve_seed
 from .samplers.base import project
+from .trust import MIN_ACCEPTANCE
 
 __all__ = [
     "LR_MAX",
     "LR_MIN",
     "PILOT_TREND_P_VALUE",
-    "TARGET_ACCEPTANCE",
     "Calibration",
     "CalibrationError",
     "calibrate",
@@ -113,8 +114,6 @@ __all__ = [
     "calibrated_estimator",
 ]
 
-#: Default least mean MALA acceptance of a passing pilot (``target_acceptance``).
-TARGET_ACCEPTANCE = 0.9
 #: A pilot is stationary when the two-sided p-value of its trend t statistic is at least this.
 PILOT_TREND_P_VALUE = 0.01
 #: Largest and smallest step sizes the search tries.
@@ -205,7 +204,7 @@ class Calibration:
     pilot_burnin_steps: int = 0
     pilot_draws: int = 0
     curvature: float = math.nan
-    target_acceptance: float = TARGET_ACCEPTANCE
+    target_acceptance: float = MIN_ACCEPTANCE
 
     def __str__(self) -> str:
         cols = ["learning_rate", "localization", "eps_kappa", "mala_acceptance", "trend_p", "n_diverged"]
@@ -621,7 +620,7 @@ def calibrate_problem(
     seed: int | None = None,
     chain_batch: int | None = None,
     show_progress: bool = False,
-    target_acceptance: float = TARGET_ACCEPTANCE,
+    target_acceptance: float = MIN_ACCEPTANCE,
     budget_fraction: float = 0.3,
     max_step_bias: float | None = 0.05,
     tune_localization: bool = False,
@@ -651,7 +650,8 @@ def calibrate_problem(
     chain_batch, show_progress:
         As in :func:`~lambdahat.problem.run_chains`, for each pilot.
     target_acceptance:
-        Least mean MALA acceptance of a passing pilot, in (0, 1) (default ``TARGET_ACCEPTANCE`` = 0.9).
+        Least mean MALA acceptance of a passing pilot, in (0, 1) (default :data:`lambdahat.trust.MIN_ACCEPTANCE`,
+        0.9, the least acceptance of a trusted estimate).
     budget_fraction:
         Upper bound of the pilots' chain-steps, as a fraction in (0, 1] of the main run's
         ``chains × (burnin_steps + draws × steps_bw_draws)`` (default 0.3).
@@ -703,7 +703,7 @@ def calibrate_problem(
     seed = resolve_seed(seed)
 
     name = config.sampler
-    budget = math.floor(fraction * config.chains * config.total_steps)
+    budget = math.floor(fraction * (config.chains * config.total_steps))
     planned = PLANNED_PILOTS + 3 * (len(gammas) - 1) + (2 if name == "sgnht" else 0)
     p_chains, p_burnin, p_draws = _pilot_size(config, budget, planned)
     nbeta = problem.nbeta(config)
@@ -849,7 +849,7 @@ def calibrate(
     loss_fn: Callable | None = None,
     devices="cpu",
     seed: int | None = 0,
-    target_acceptance: float = TARGET_ACCEPTANCE,
+    target_acceptance: float = MIN_ACCEPTANCE,
     max_step_bias: float | None = 0.05,
     tune_localization: bool = False,
     localizations: Sequence[float] | None = None,

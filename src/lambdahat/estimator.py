@@ -170,6 +170,11 @@ class LLCEstimator:
             return getattr(self.config, name)
         raise AttributeError(f"LLCEstimator has no attribute {name!r}")
 
+    @property
+    def schedule(self):
+        """The step schedule of the config (burn-in, draws, thinning)."""
+        return self.config.schedule
+
     def __repr__(self) -> str:
         return f"LLCEstimator({self.config!r})"
 

@@ -60,7 +60,7 @@ def nbeta_from_effective_size(n: int | float) -> float:
     """
     if isinstance(n, bool) or not isinstance(n, int | float) or not n > 1:
         raise ValueError(
-            f"nbeta_from_effective_size: n must be a number > 1 (n / log n is undefined otherwise); got {n!r}."
+            f"nbeta_from_effective_size: n must be > 1 (n / log n is undefined otherwise); got {n!r}."
         )
     return float(n) / math.log(n)
 

@@ -124,7 +124,8 @@ class LLCResult:
 
         The draws of chain ``c`` are the steps ``schedule.draw_steps()``; ``llcs[c] = nβ (mean draw loss − L0)``,
         the mean weighted by ``counts`` (``[steps]``, the samples that counted in each batch) when given.
-        The sampler's name ``settings["sampler"]`` decides the acceptance kind. With ``warn``, every sentence of
+        The acceptance kind is ``settings["acceptance_kind"]`` when the runner recorded it, else that of the
+        sampler ``settings["sampler"]`` (:func:`lambdahat.trust.acceptance_kind`). With ``warn``, every sentence of
         the verdict's advice is issued as a ``RuntimeWarning``.
         """
         fields = dict(zip(Info._fields, trace.to(torch.float64)))
@@ -152,7 +153,7 @@ class LLCResult:
         trend = diagnostics.trend_z(losses[ok].numpy())
         dist_trend = diagnostics.trend_z(distance[ok].numpy())
         sampler = settings.get("sampler")
-        kind = trust.acceptance_kind(sampler)
+        kind = settings.get("acceptance_kind") or trust.acceptance_kind(sampler)
         verdict = trust.assess(
             acceptance=mala,
             acceptance_kind=kind,

@@ -73,9 +73,10 @@ DISTANCE_P_VALUE = 1e-3
 
 #: How a mean acceptance was obtained. ``"gradient estimate"``: the closed-form MALA acceptance of the Langevin
 #: step with the potential difference from the trapezoid rule on the gradients (what SGLD and RMSProp-SGLD
-#: report; exact only on quadratic potentials, see :func:`~lambdahat.samplers.base.langevin_log_accept`);
-#: ``"exact"``: from the potential itself (reserved); ``"not available"``: the sampler's update has no
-#: Metropolis–Hastings counterpart (SGNHT), so acceptance is not checked.
+#: report on minibatches; exact only on quadratic potentials, see
+#: :func:`~lambdahat.samplers.base.langevin_log_accept`); ``"exact"``: from the full-data potential itself (when
+#: every step sees the whole data set); ``"not available"``: the sampler's update has no Metropolis–Hastings
+#: counterpart (SGNHT), so acceptance is not checked. The same threshold applies to both kinds that are checked.
 ACCEPTANCE_KINDS = ("gradient estimate", "exact", "not available")
 
 #: The acceptance kind of each built-in sampler.
@@ -90,7 +91,7 @@ STATUSES = ("ok", "untrusted", "diverged", "failed")
 
 _KIND_TEXT = {
     "gradient estimate": "estimated from the gradients by the trapezoid rule, exact on quadratic potentials",
-    "exact": "exact",
+    "exact": "computed exactly from the full-data potential",
 }
 
 
@@ -127,7 +128,8 @@ class Verdict:
 
 
 def acceptance_kind(sampler: str | None) -> str:
-    """How the MALA acceptance of ``sampler`` is obtained (one of :data:`ACCEPTANCE_KINDS`).
+    """How the MALA acceptance of ``sampler`` is obtained on minibatches (one of :data:`ACCEPTANCE_KINDS`); a run
+    records its own kind in ``settings["acceptance_kind"]`` (``"exact"`` on full-batch data), which wins.
 
     Examples
     --------

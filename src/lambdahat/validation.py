@@ -2,32 +2,43 @@
 
 For each case of :func:`lambdahat.truth.default_cases` the estimator runs with settings fixed here (``SETTINGS``),
 and the table reports the asymptotic truth λ and, where it is computable, the exact finite-sample *reference* the
-estimator targets at that nβ, γ and ε:
+estimator targets at that nβ, γ and ε. Each case carries its reference (:meth:`lambdahat.truth.TruthCase.reference`):
 
 - regular models: the exact SGLD stationary value ``(d/2)(2nβa/κ)/(1 − εκ/4)`` (REFERENCE.md §2);
 - potentials in one or two dimensions: the exact posterior mean of ``nβK`` under the localized posterior, by
   quadrature (:func:`lambdahat.truth.posterior_mean_nbeta_k_numeric`), which lies below λ at finite nβ;
 - radial potentials ``K = ||w||^(2k)``: the same posterior mean by one-dimensional quadrature over the radius
-  (:func:`radial_posterior_mean`);
+  (:func:`lambdahat.truth.radial_posterior_mean`);
 - the others (reduced-rank regression, deep linear networks): λ itself.
+
+The cases are the points of one sweep (:func:`lambdahat.sweeps.runner.run_sweep`): with ``out_dir`` every finished
+case is stored at once and a rerun resumes, a case that raises is retried and then recorded as ``failed``, and the
+cases may run as Ray tasks (``executor="ray"``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import math
-import time
+import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import pandas as pd
+import torch
 
 from . import truth
 from .calibration import CalibrationError
-from .estimator import LLCEstimator, nbeta_from_effective_size
+from .config import LLCConfig
+from .problem import nbeta_from_effective_size
+from .rng import resolve_seed
+from .sweeps.executors import PointError
+from .sweeps.runner import check_run_options, estimate, problem_for, result_row, run_sweep, runtime_spec
+from .sweeps.store import stored_seed
 
-__all__ = ["SETTINGS", "CaseSettings", "reference_value", "run_validation"]
+__all__ = ["SETTINGS", "TABLE_COLUMNS", "CaseSettings", "format_table", "reference_value", "run_validation"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,24 @@ class CaseSettings:
     burnin_steps: int = 500
     chains: int = 8
     batch_size: int = 500
+
+    def config(self, nbeta: float, calibrate: bool = False) -> LLCConfig:
+        """The :class:`~lambdahat.LLCConfig` of the case at ``nbeta`` (``learning_rate="auto"`` when
+        ``calibrate``).
+
+        Examples
+        --------
+        >>> CaseSettings(1e-3, 10.0).config(100.0, calibrate=True).learning_rate
+        'auto'
+        """
+        return LLCConfig(
+            draws=self.draws,
+            chains=self.chains,
+            burnin_steps=self.burnin_steps,
+            learning_rate="auto" if calibrate else self.learning_rate,
+            localization=self.localization,
+            nbeta=nbeta,
+        )
 
 
 #: Settings per case: steps small enough that the εκ/4 step bias stays at a few percent, localization weak enough
@@ -54,46 +83,87 @@ SETTINGS: dict[str, CaseSettings] = {
     "dln_5-4-5_r0": CaseSettings(learning_rate=1e-4, localization=1.0, draws=8000, burnin_steps=2000),
 }
 
-
-def radial_posterior_mean(d: int, k: float, nbeta: float, gamma: float, points: int = 400_001) -> float:
-    """Exact ``E[nβ ||w||^(2k)]`` under ``p(w) ∝ exp(−nβ ||w||^(2k) − (γ/2)||w||²)`` in ``d`` dimensions.
-
-    In polar coordinates the density of ``r = ||w||`` is ``∝ r^(d−1) exp(−nβ r^(2k) − γ r²/2)``; with
-    ``r = e^t`` the integrals become smooth in ``t`` and the trapezoidal rule on a wide, fine grid is exact to
-    far below Monte Carlo error. Without localization the value is exactly ``d / (2k)`` (``nβK`` is then
-    Gamma(d/(2k), 1) distributed), which the tests check.
-    """
-    t = np.linspace(-40.0, 10.0, points)
-    r = np.exp(t)
-    u = nbeta * r ** (2 * k)
-    log_w = d * t - u - 0.5 * gamma * r * r  # r^(d-1) dr = r^d dt
-    w = np.exp(log_w - log_w.max())
-    return float(np.trapezoid(u * w, t) / np.trapezoid(w, t))
+#: The columns of :func:`run_validation`'s table, in order.
+TABLE_COLUMNS = (
+    "case",
+    "d",
+    "true_lambda",
+    "reference",
+    "reference_kind",
+    "llc_mean",
+    "llc_stderr",
+    "rel_error",
+    "z",
+    "mala_acceptance",
+    "rhat",
+    "ess",
+    "n_diverged",
+    "learning_rate",
+    "localization",
+    "nbeta",
+    "wall_seconds",
+    "status",
+    "error",
+    "warnings",
+    "attempts",
+)
+#: Columns of a case's row in the sweep that only the case's run knows (the step size calibration chose).
+_RUN_COLUMNS = (("learning_rate", "float"),)
 
 
 def reference_value(case: truth.TruthCase, settings: CaseSettings, nbeta: float) -> tuple[float, str]:
-    """The value λ̂ should reproduce at this nβ, γ and ε, and what it is."""
-    potential = getattr(case.model, "potential", None)
-    if case.name.startswith("regular"):
-        a = getattr(potential, "a", 1.0)
-        value = truth.regular_posterior_mean_nbeta_k(
-            case.d, a, nbeta, settings.localization, settings.learning_rate
+    """The value λ̂ should reproduce on ``case`` at this nβ and the γ and ε of ``settings``, and what it is
+    (:meth:`lambdahat.truth.TruthCase.reference`)."""
+    return case.reference(nbeta, settings.localization, settings.learning_rate)
+
+
+def _case_point(shared: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str, Any]:
+    """One validation case (runs in this process or in a Ray worker): prepare its model on its data and sample
+    its config."""
+    name = task["case"]
+    case, config, batch_size = shared["cases"][name], shared["configs"][name], shared["batch_sizes"][name]
+    options = {**shared["options"], "criterion_fn": case.criterion_fn}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the trust policy's notes go to the table
+        problem = problem_for(
+            case.model, case.loader(batch_size, shuffle=True, seed=options["seed"]), config, options
         )
-        return value, "exact SGLD"
-    if potential is not None and case.name.startswith("radial"):
-        return radial_posterior_mean(case.d, potential.k, nbeta, settings.localization), "exact posterior"
-    if potential is not None and case.d <= 2:
-        value = truth.posterior_mean_nbeta_k_numeric(potential, case.d, nbeta, settings.localization)
-        return value, "exact posterior"
-    return case.true_lambda, "λ"
+        try:
+            result = estimate(problem, config, options)
+        except CalibrationError as exc:  # the same pilots would fail again: recorded, not retried
+            raise PointError(f"calibration found no step: {str(exc).splitlines()[0]}") from exc
+    return {**result_row(result), "learning_rate": float(result.learning_rate)}
+
+
+def _task(point: dict[str, Any]) -> dict[str, Any]:
+    return {"case": point["case"]}
+
+
+def _run_columns() -> dict[str, Any]:
+    """The keyword that makes the sweep engine store :data:`_RUN_COLUMNS`, where the engine has it."""
+    if "value_columns" in inspect.signature(run_sweep).parameters:
+        return {"value_columns": list(_RUN_COLUMNS)}
+    return {}
 
 
 def run_validation(
     quick: bool = False,
-    seed: int = 0,
+    seed: int | None = 0,
     compile: bool | str = False,
     show_progress: bool = False,
     calibrate: bool = False,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    devices: str | torch.device | Sequence[str | torch.device] = "cpu",
+    resume: bool = True,
+    overwrite: bool = False,
+    max_retries: int = 2,
+    ray_resources: Mapping[str, Any] | None = None,
+    ray_init_options: Mapping[str, Any] | None = None,
+    cases: Sequence[truth.TruthCase] | None = None,
+    settings: Mapping[str, CaseSettings] | None = None,
 ) -> pd.DataFrame:
     """Estimate λ̂ on every validation case and tabulate it against the truth.
 
@@ -101,48 +171,130 @@ def run_validation(
     ----------
     quick:
         Only the three cases of ``truth.default_cases(quick=True)``.
-    seed, compile, show_progress:
-        Passed to the estimator.
+    seed:
+        Master seed of every case (and of its data order); ``None`` draws one, or reuses the one stored in
+        ``out_dir``.
+    compile, devices:
+        Passed to :func:`lambdahat.prepare`.
+    show_progress:
+        A progress bar over the cases.
     calibrate:
         Choose ε per case with :func:`lambdahat.calibrate` (``learning_rate="auto"``) instead of ``SETTINGS``.
+    out_dir:
+        Store every finished case at once in ``out_dir/results.csv`` (with ``sweep.json``); a rerun with the same
+        cases and settings resumes and runs only the cases not yet finished.
+    executor, address, resume, overwrite, max_retries, ray_resources, ray_init_options:
+        As in :meth:`~lambdahat.sweeps.LLCGridSearch.run_grid_search` (``executor="ray"`` runs every case as a Ray
+        task).
+    cases:
+        The cases (default ``truth.default_cases(quick)``); names must be distinct.
+    settings:
+        The settings of every case, by name (default ``SETTINGS``).
 
     Returns
     -------
     pandas.DataFrame
-        One row per case: ``case, d, true_lambda, reference, reference_kind, llc_mean, llc_stderr, rel_error``
-        (against λ), ``z`` (``(λ̂ − reference) / stderr``), ``mala_acceptance, rhat, ess, n_diverged,
-        learning_rate`` (the one used), ``localization, wall_seconds``. Cases whose calibration found no step
-        are left out and listed in ``df.attrs["failures"]``.
+        One row per case (``TABLE_COLUMNS``): ``case, d, true_lambda, reference, reference_kind, llc_mean,
+        llc_stderr, rel_error`` (against λ), ``z`` (``(λ̂ − reference) / stderr``), ``mala_acceptance, rhat, ess,
+        n_diverged, learning_rate`` (the one used), ``localization, nbeta, wall_seconds``, then ``status`` (the
+        trust policy's verdict, or ``"failed"`` for a case that raised, e.g. whose calibration found no step),
+        ``error, warnings, attempts``. ``df.attrs["failures"]`` lists the failed cases with their errors.
+
+    Raises
+    ------
+    RuntimeError
+        Every case failed (the message gives the first error).
     """
-    rows, failures = [], []
-    for case in truth.default_cases(quick=quick):
-        s = SETTINGS[case.name]
-        nbeta = nbeta_from_effective_size(case.n)
-        est = LLCEstimator(
-            draws=s.draws,
-            chains=s.chains,
-            burnin_steps=s.burnin_steps,
-            learning_rate="auto" if calibrate else s.learning_rate,
-            localization=s.localization,
-            nbeta=nbeta,
-        )
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            try:
-                result = est.run(
-                    case.model,
-                    case.loader(s.batch_size, shuffle=True, seed=seed),
-                    criterion_fn=case.criterion_fn,
-                    seed=seed,
-                    compile=compile,
-                    show_progress=show_progress,
-                )
-            except CalibrationError as exc:  # reported as a row, not hidden and not fatal to the table
-                failures.append(f"{case.name}: {str(exc).splitlines()[0]}")
-                continue
-        wall = time.perf_counter() - start
-        ref, kind = reference_value(case, dataclasses.replace(s, learning_rate=result.learning_rate), nbeta)
+    check_run_options(executor, address, devices, ray_resources, max_retries)
+    if seed is None and resume and not overwrite:
+        seed = stored_seed(out_dir)
+    seed = resolve_seed(seed)
+    cases = truth.default_cases(quick=quick) if cases is None else list(cases)
+    settings = SETTINGS if settings is None else settings
+    names = [c.name for c in cases]
+    if not cases or len(set(names)) != len(names):
+        raise ValueError(f"run_validation: cases must be at least one, with distinct names; got {names}.")
+    missing = [name for name in names if name not in settings]
+    if missing:
+        raise ValueError(f"run_validation: no settings for case(s) {missing}; add a CaseSettings for each.")
+    nbetas = {c.name: nbeta_from_effective_size(c.n) for c in cases}
+    configs = {c.name: settings[c.name].config(nbetas[c.name], calibrate) for c in cases}
+    options = {"devices": devices, "compile": compile, "seed": seed, "chain_batch": None}
+    points = [
+        {
+            "case": c.name,
+            "d": c.d,
+            "true_lambda": c.true_lambda,
+            "nbeta": nbetas[c.name],
+            "localization": configs[c.name].localization,
+        }
+        for c in cases
+    ]
+    definition = {
+        "cases": [
+            {
+                "name": c.name,
+                "description": c.description,
+                "n": c.n,
+                "config": configs[c.name].to_dict(),
+                "batch_size": settings[c.name].batch_size,
+            }
+            for c in cases
+        ],
+        "seed": seed,
+    }
+    table = run_sweep(
+        kind="validation",
+        points=points,
+        point_columns=[
+            ("case", "str"),
+            ("d", "int"),
+            ("true_lambda", "float"),
+            ("nbeta", "float"),
+            ("localization", "float"),
+        ],
+        fn=_case_point,
+        shared={
+            "cases": {c.name: c for c in cases},
+            "configs": configs,
+            "batch_sizes": {c.name: settings[c.name].batch_size for c in cases},
+            "options": options,
+        },
+        prepare=_task,
+        config=definition,
+        runtime=runtime_spec(executor, address, options, max_retries),
+        seed=seed,
+        executor=executor,
+        address=address,
+        ray_resources=ray_resources,
+        ray_init_options=ray_init_options,
+        out_dir=out_dir,
+        resume=resume,
+        overwrite=overwrite,
+        max_retries=max_retries,
+        show_progress=show_progress,
+        callback=None,
+        desc="validation",
+        **_run_columns(),
+    )
+    return _validation_table(cases, configs, table)
+
+
+def _validation_table(
+    cases: Sequence[truth.TruthCase], configs: Mapping[str, LLCConfig], table: pd.DataFrame
+) -> pd.DataFrame:
+    """The sweep's table with each case's reference, relative error and z-score."""
+    rows = []
+    for case, (_, r) in zip(cases, table.iterrows()):
+        config = configs[case.name]
+        used = r.get("learning_rate", math.nan)
+        if used is None or not math.isfinite(float(used)):
+            used = math.nan if config.learning_rate == "auto" else config.learning_rate
+        if case.target is not None and case.target.uses_step and not math.isfinite(used):
+            ref, kind = math.nan, case.target.kind  # the step calibration chose is not known
+        else:
+            ref, kind = case.reference(config.nbeta, config.localization, 0.0 if math.isnan(used) else used)
+        llc, se = float(r["llc_mean"]), float(r["llc_stderr"])
         rows.append(
             {
                 "case": case.name,
@@ -150,36 +302,45 @@ def run_validation(
                 "true_lambda": case.true_lambda,
                 "reference": ref,
                 "reference_kind": kind,
-                "llc_mean": result.llc_mean,
-                "llc_stderr": result.llc_stderr,
-                "rel_error": (result.llc_mean - case.true_lambda) / case.true_lambda,
-                "z": (result.llc_mean - ref) / result.llc_stderr if result.llc_stderr > 0 else math.nan,
-                "mala_acceptance": result.mala_acceptance,
-                "rhat": result.rhat,
-                "ess": result.ess,
-                "n_diverged": int(result.diverged.sum()),
-                "learning_rate": result.learning_rate,
-                "localization": s.localization,
-                "wall_seconds": wall,
+                "llc_mean": llc,
+                "llc_stderr": se,
+                "rel_error": (llc - case.true_lambda) / case.true_lambda,
+                "z": (llc - ref) / se if se > 0 else math.nan,
+                "mala_acceptance": float(r["mala_acceptance"]),
+                "rhat": float(r["rhat"]),
+                "ess": float(r["ess"]),
+                "n_diverged": r["n_diverged"],
+                "learning_rate": float(used),
+                "localization": config.localization,
+                "nbeta": config.nbeta,
+                "wall_seconds": float(r["wall_seconds"]),
+                "status": r["status"],
+                "error": r["error"],
+                "warnings": r["warnings"],
+                "attempts": r["attempts"],
             }
         )
-    df = pd.DataFrame(rows)
-    df.attrs["failures"] = failures
+    df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    df["n_diverged"] = df["n_diverged"].astype("Int64")
+    df["attempts"] = df["attempts"].astype("Int64")
+    df.attrs["failures"] = [f"{r.case}: {r.error}" for r in df.itertuples() if r.status == "failed"]
     return df
 
 
 def format_table(df: pd.DataFrame) -> str:
-    """The validation table as aligned text."""
+    """The validation table as aligned text (a failed case shows its error instead of the estimate)."""
     lines = [
         f"{'case':24s} {'d':>3s} {'true λ':>7s} {'reference':>17s} {'λ̂ ± se':>16s} {'rel.err':>8s} "
         f"{'z':>6s} {'ε':>8s} {'accept':>6s} {'R-hat':>6s} {'ESS':>6s} {'div':>3s} {'time':>6s}"
     ]
     for r in df.itertuples():
+        head = f"{r.case:24s} {r.d:3d} {r.true_lambda:7.3f} {r.reference:7.3f} {r.reference_kind:>9s} "
+        if getattr(r, "status", "ok") == "failed":
+            lines.append(f"{head}failed: {r.error}")
+            continue
         lines.append(
-            f"{r.case:24s} {r.d:3d} {r.true_lambda:7.3f} {r.reference:7.3f} {r.reference_kind:>9s} "
-            f"{r.llc_mean:8.3f} ± {r.llc_stderr:5.3f} {100 * r.rel_error:7.1f}% {r.z:6.2f} "
+            f"{head}{r.llc_mean:8.3f} ± {r.llc_stderr:5.3f} {100 * r.rel_error:7.1f}% {r.z:6.2f} "
             f"{r.learning_rate:8.1e} {r.mala_acceptance:6.3f} {r.rhat:6.3f} {r.ess:6.0f} {r.n_diverged:3d} "
             f"{r.wall_seconds:5.1f}s"
         )
-    lines += [f"calibration failed: {failure}" for failure in df.attrs.get("failures", [])]
     return "\n".join(lines)

@@ -277,6 +277,11 @@ def test_demo_quick(tmp_path):
     for heading in ("## Training", "## λ̂ over training", "## Fourier modes", "## Circuit", "## Wall times"):
         assert heading in summary
     assert "Verdict: **" in summary and "peak λ̂" in summary and "Quick mode" in summary
+    # the trust policy's thresholds are quoted from lambdahat.trust, and every checkpoint's verdict is listed
+    from lambdahat.trust import MIN_ACCEPTANCE, describe
+
+    assert f"asks for >= {MIN_ACCEPTANCE:g})" in summary and describe() in summary
+    assert "- trust: " in summary and "| status |" in summary
     for name in ("llc_over_training.csv", "llc_over_training.png", "training_curves.png", "circuit.json"):
         assert str(out / name) in wrote(result) and (out / name).is_file()
     assert (out / "fourier" / "mode_heatmap.png").is_file()

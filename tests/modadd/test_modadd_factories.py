@@ -30,7 +30,8 @@ run: {{seed: 0, compile: false, out_dir: "{tmp_path / "out"}"}}
     result = CliRunner().invoke(app, ["sweep", str(cfg)])
     assert result.exit_code == 0, result.output
     df = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert len(df) == tiny_run.n_checkpoints and (df["status"] == "ok").all()
+    # every checkpoint ran (the tiny run's verdicts, mostly "untrusted: ESS ...", are beside the point here)
+    assert len(df) == tiny_run.n_checkpoints and not (df["status"] == "failed").any()
 
 
 def test_grid_sweep_at_a_checkpoint(tiny_run, tmp_path):

@@ -12,10 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lambdahat.trust import status_kind
+
 #: Schedule of the test estimates (a point takes ~0.05 s on a 2-core CPU).
 FAST = dict(draws=20, chains=2, burnin_steps=5)
 #: estimate_llc options of the tests.
 RUN = dict(criterion_fn=F.mse_loss, seed=0, compile=False, show_progress=False)
+
+
+def outcomes(statuses) -> list[str]:
+    """``"estimate"`` for a point that ran (status ok, untrusted: ... or diverged: the trust policy's verdict of
+    these tiny runs is beside the point of the sweep tests), ``"failed"`` for one that raised."""
+    return ["failed" if status_kind(s) == "failed" else "estimate" for s in statuses]
 
 
 def make_data(seed: int = 0, n: int = 128) -> TensorDataset:

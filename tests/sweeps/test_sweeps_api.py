@@ -59,14 +59,35 @@ def grid_table(eps, gam, nb):
 
 
 def test_flags():
+    # without a status column, the numbers are judged by the trust policy's thresholds
     df = pd.DataFrame(
         dict(
-            mala_acceptance=[0.9, 0.3, 0.9, 0.9, math.nan],
-            rhat=[1.0, 1.0, 1.2, 1.0, math.nan],
-            n_diverged=pd.array([0, 0, 0, 2, None], dtype="Int64"),
+            mala_acceptance=[0.9, 0.3, 0.9, 0.9, math.nan, 0.87],
+            rhat=[1.0, 1.0, 1.2, 1.0, math.nan, 1.0],
+            n_diverged=pd.array([0, 0, 0, 2, None, 0], dtype="Int64"),
         )
     )
-    assert flagged(df).tolist() == [False, True, True, True, False]
+    assert flagged(df).tolist() == [False, True, True, True, False, True]  # 0.87 < MIN_ACCEPTANCE
+
+
+def test_flags_follow_the_status_column():
+    df = pd.DataFrame(
+        dict(
+            mala_acceptance=[0.95, 0.95, math.nan, math.nan, 0.5, 0.95],
+            rhat=[1.0] * 6,
+            status=[
+                "ok",
+                "untrusted: distance still growing (p = 4e-04)",
+                "diverged",
+                "failed",
+                "ok",
+                "untrusted",
+            ],
+        )
+    )
+    # untrusted and diverged points are flagged whatever their numbers; failed ones are not (no estimate); an
+    # "ok" row whose numbers fail the thresholds (a table written before the status carried the verdict) is
+    assert flagged(df).tolist() == [False, True, True, False, True, True]
 
 
 def test_plot_grid_heatmaps_one_panel_per_nbeta():
@@ -117,5 +138,16 @@ def test_plot_llc_over_checkpoints():
     plt.close(fig)
     with pytest.raises(ValueError, match="no column"):
         plot_llc_over_checkpoints(df, x="step")
+    untrusted = df.assign(status=["ok", "untrusted: acceptance 0.2 < 0.9", "diverged"])
+    fig = plot_llc_over_checkpoints(untrusted)
+    ax = fig.axes[0]
+    assert "1 checkpoint(s) diverged" in ax.get_title()
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [100.0]
+    plt.close(fig)
+    # no finite λ̂ at all (every checkpoint failed or diverged): no empty figure, an error that says why
+    gone = df.assign(llc_mean=math.nan, status=["diverged", "diverged", "failed"])
+    with pytest.raises(ValueError, match=r"no checkpoint has a finite λ̂ .*'diverged': 2"):
+        plot_llc_over_checkpoints(gone)
     with pytest.raises(ValueError, match="no column"):
         plot_grid(df)

@@ -29,6 +29,7 @@ from lambdahat.modadd.report import (
     write_training_curves,
 )
 from lambdahat.modadd.train import ExperimentParams, Run, train
+from lambdahat.trust import describe
 
 __all__ = ["QUICK_LLC", "QUICK_PARAMS", "DemoResult", "default_demo_dir", "run_demo"]
 
@@ -202,15 +203,18 @@ def _summary_markdown(res: DemoResult, quick: bool, note: str | None) -> str:
         f"- peak λ̂ = {s.peak:.1f} ± {s.peak_stderr:.1f} (stderr) at step {s.peak_step} "
         f"(checkpoint {s.peak_checkpoint})",
         f"- final λ̂ = {s.final:.1f} ± {s.final_stderr:.1f} at step {s.final_step} ({drop:.0f} % below the peak)",
-        f"- MALA acceptance: mean {s.mala_mean:.3f}, lowest {s.mala_min:.3f} (>= 0.9 means a well-chosen step)",
+        f"- {s.mala_line()}",
+        f"- {s.trust_line()}",
+        f"- an estimate is trusted (status ok) unless: {describe()}",
         "",
-        "| step | λ̂ | ± stderr | MALA | train loss | test loss | test acc |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| step | λ̂ | ± stderr | MALA | train loss | test loss | test acc | status |",
+        "|---:|---:|---:|---:|---:|---:|---:|:---|",
     ]
-    for _, r in df.iterrows():
+    statuses = df["status"] if "status" in df else pd.Series("ok", index=df.index)
+    for (_, r), status in zip(df.iterrows(), statuses):
         lines.append(
             f"| {r.step} | {r.llc_mean:.1f} | {r.llc_stderr:.1f} | {r.mala_acceptance:.3f} | {r.train_loss:.3g} | "
-            f"{r.test_loss:.3g} | {r.test_acc:.3f} |"
+            f"{r.test_loss:.3g} | {r.test_acc:.3f} | {status} |"
         )
     lines += ["", "## Fourier modes of the embedding (final checkpoint)", ""]
     lines += [f"- {line}" for line in f.lines()]

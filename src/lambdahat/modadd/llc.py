@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 from lambdahat.estimator import LLCEstimator, nbeta_from_effective_size
 from lambdahat.modadd.train import Run, build_model, load_run
 from lambdahat.sweeps.checkpoints import llc_over_checkpoints
+from lambdahat.trust import status_kind
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -249,12 +250,15 @@ def llc_over_training(
         mala_acceptance, train_loss, test_loss, train_acc, test_acc`` (the last four from the run's record), then
         ``init_loss, rhat, n_diverged, status, warnings``. ``df.attrs`` holds the settings (``localization``,
         ``learning_rate``, ``nbeta``, ``draws``, ``burnin_steps``, ``chains``, ``batch_size``, ``seed``, ...).
-        A checkpoint whose estimate failed has ``status == "failed"`` and NaN estimates.
+        ``status`` is the trust policy's verdict (:mod:`lambdahat.trust`): ``"ok"``, ``"untrusted: <reasons>"``
+        or ``"diverged"`` (every chain diverged: NaN estimates); a checkpoint whose estimate raised has
+        ``status == "failed"`` and NaN estimates.
 
     Warns
     -----
     RuntimeWarning
-        When the estimator's diagnostics flag checkpoints (e.g. MALA acceptance below 0.8, divergent chains).
+        When the trust policy distrusts some checkpoints (e.g. MALA acceptance below
+        :data:`lambdahat.trust.MIN_ACCEPTANCE`, R-hat above :data:`~lambdahat.trust.MAX_RHAT`, divergent chains).
 
     Notes
     -----
@@ -330,13 +334,17 @@ def llc_over_training(
         weight_decay=float(weight_decay),
         seed=int(table["seed"].iloc[0]) if len(table) and table["seed"].notna().iloc[0] else seed,
     )
-    flagged = [(int(c), w) for c, w in zip(df["checkpoint"], df["warnings"]) if isinstance(w, str) and w]
+    flagged = [
+        (int(c), s if not (isinstance(w, str) and w) else w)
+        for c, s, w in zip(df["checkpoint"], df["status"], df["warnings"])
+        if status_kind(s) in ("untrusted", "diverged")
+    ]
     if flagged:
         first_c, first_w = flagged[0]
         warnings.warn(
             f"llc_over_training: the estimator's diagnostics flag {len(flagged)} of {len(df)} checkpoint(s) "
-            f"{[c for c, _ in flagged][:10]}{' ...' if len(flagged) > 10 else ''} (see the 'warnings' column); "
-            f"checkpoint {first_c}: {first_w}",
+            f"{[c for c, _ in flagged][:10]}{' ...' if len(flagged) > 10 else ''} as untrusted (see the 'status' "
+            f"and 'warnings' columns); checkpoint {first_c}: {first_w}",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -346,8 +354,10 @@ def llc_over_training(
 def plot_llc_over_training(df: pd.DataFrame) -> Figure:
     """λ̂ ± its standard deviation over chains against the training step, with the train and test loss.
 
-    λ̂ is on the left axis (linear), the losses on a twin right axis (log scale); the peak of λ̂ is marked.
-    Takes the table of :func:`llc_over_training`.
+    λ̂ is on the left axis (linear), the losses on a twin right axis (log scale); the peak of λ̂ is marked, and
+    so is every checkpoint the trust policy distrusts (status not ``"ok"``, :mod:`lambdahat.trust`: a red
+    cross). Takes the table of :func:`llc_over_training`; raises ``ValueError`` when no checkpoint has a finite
+    λ̂ (every estimate failed or diverged) rather than drawing an empty figure.
     """
     missing = [c for c in ("step", "llc_mean", "llc_std", "train_loss", "test_loss") if c not in df.columns]
     if missing:
@@ -355,13 +365,31 @@ def plot_llc_over_training(df: pd.DataFrame) -> Figure:
             f"plot_llc_over_training: the table lacks column(s) {missing}; pass the DataFrame returned by "
             "llc_over_training."
         )
+    llc = df["llc_mean"].to_numpy(dtype=float)
+    if not np.isfinite(llc).any():
+        statuses = df["status"].map(status_kind).value_counts().to_dict() if "status" in df else {}
+        raise ValueError(
+            f"plot_llc_over_training: no checkpoint has a finite λ̂ (statuses: {statuses}), so there is nothing to "
+            "plot; see the table's 'status' and 'warnings' columns (every chain diverged: lower learning_rate)."
+        )
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.subplots()
     step = df["step"].to_numpy(dtype=float)
-    llc = df["llc_mean"].to_numpy(dtype=float)
     std = df["llc_std"].to_numpy(dtype=float)
     (line,) = ax.plot(step, llc, "o-", color="C0", ms=3, label="λ̂ (mean over chains)")
     ax.fill_between(step, llc - std, llc + std, color="C0", alpha=0.25, lw=0, label="± std over chains")
+    if "status" in df:
+        bad = df["status"].map(status_kind).isin(["untrusted", "diverged"]).to_numpy() & np.isfinite(llc)
+        if bad.any():
+            ax.plot(
+                step[bad],
+                llc[bad],
+                "x",
+                color="red",
+                ms=9,
+                mew=2,
+                label=f"untrusted ({int(bad.sum())}, see status)",
+            )
     if np.isfinite(llc).any():
         i = int(np.nanargmax(llc))
         ax.plot(

@@ -26,6 +26,7 @@ from lambdahat.modadd.plots import (
     plot_training_curves,
 )
 from lambdahat.modadd.train import Run
+from lambdahat.trust import MIN_ACCEPTANCE, status_kind
 
 __all__ = [
     "KEY_MODE_FRACTION",
@@ -58,7 +59,8 @@ def write_training_curves(run: Run, out_dir: Path) -> Path:
 
 @dataclass
 class LLCSummary:
-    """The λ̂ curve in a few numbers: at the first and last checkpoints, and at its peak."""
+    """The λ̂ curve in a few numbers: at the first and last checkpoints, and at its peak; and the trust policy's
+    verdicts (:mod:`lambdahat.trust`): the checkpoints whose estimate is untrusted or diverged, and why."""
 
     first: float
     peak: float
@@ -71,14 +73,34 @@ class LLCSummary:
     mala_min: float
     mala_mean: float
     files: list[Path] = field(default_factory=list)
+    #: ``checkpoint -> status`` of every checkpoint whose status is not ``"ok"`` (untrusted, diverged, failed).
+    distrusted: dict[int, str] = field(default_factory=dict)
+    n_checkpoints: int = 0
+
+    def trust_line(self) -> str:
+        """One line on the verdicts, e.g. ``"trust: 41 of 41 checkpoints ok"``."""
+        if not self.distrusted:
+            return f"trust: {self.n_checkpoints} of {self.n_checkpoints} checkpoints ok"
+        kinds = pd.Series([status_kind(v) for v in self.distrusted.values()]).value_counts()
+        counts = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        first_c, first_s = next(iter(self.distrusted.items()))
+        return (
+            f"trust: {self.n_checkpoints - len(self.distrusted)} of {self.n_checkpoints} checkpoints ok, {counts} "
+            f"(checkpoint {first_c}: {first_s})"
+        )
 
     @classmethod
     def from_table(cls, df: pd.DataFrame) -> LLCSummary:
         ok = df[df["llc_mean"].notna()]
         if ok.empty:
-            raise ValueError("every λ̂ estimate failed (see the 'status' and 'warnings' columns).")
+            raise ValueError(
+                "no checkpoint has a λ̂ estimate: every one failed or diverged (see the 'status' and 'warnings' "
+                "columns)."
+            )
         peak = ok.loc[ok["llc_mean"].idxmax()]
         last = ok.iloc[-1]
+        statuses = df["status"] if "status" in df else pd.Series("ok", index=df.index)
+        distrusted = {int(c): str(v) for c, v in zip(df["checkpoint"], statuses) if status_kind(v) != "ok"}
         return cls(
             first=float(ok["llc_mean"].iloc[0]),
             peak=float(peak["llc_mean"]),
@@ -90,17 +112,30 @@ class LLCSummary:
             final_step=int(last["step"]),
             mala_min=float(ok["mala_acceptance"].min()),
             mala_mean=float(ok["mala_acceptance"].mean()),
+            distrusted=distrusted,
+            n_checkpoints=len(df),
+        )
+
+    def mala_line(self) -> str:
+        """The acceptance in one line, against the trust policy's least mean acceptance."""
+        return (
+            f"MALA acceptance: mean {self.mala_mean:.3f}, lowest {self.mala_min:.3f} (the trust policy asks for "
+            f">= {MIN_ACCEPTANCE:g})"
         )
 
 
 def write_llc_report(df: pd.DataFrame, out_dir: Path) -> LLCSummary:
-    """``out_dir/llc_over_training.csv`` and ``.png`` from the table of :func:`llc_over_training`."""
+    """``out_dir/llc_over_training.csv`` and ``.png`` from the table of :func:`llc_over_training`.
+
+    The table is always written; the figure only when some checkpoint has an estimate (otherwise this raises a
+    ``ValueError`` after writing the CSV, rather than saving an empty figure).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / "llc_over_training.csv"
     df.to_csv(csv, index=False)
-    png = _save(plot_llc_over_training(df), out_dir / "llc_over_training.png")
     summary = LLCSummary.from_table(df)
+    png = _save(plot_llc_over_training(df), out_dir / "llc_over_training.png")
     summary.files = [csv, png]
     return summary
 

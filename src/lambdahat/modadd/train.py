@@ -444,9 +444,18 @@ class Run:
 
     def checkpoint_path(self, checkpoint: int = -1) -> Path:
         """Path of a checkpoint's safetensors file (negative indices count from the last available one)."""
-        return self.path / "checkpoints" / _ckpt_name(self._index(checkpoint))
+        return self.path / "checkpoints" / _ckpt_name(self.checkpoint_index(checkpoint))
 
-    def _index(self, checkpoint: int) -> int:
+    def checkpoint_index(self, checkpoint: int) -> int:
+        """The index ``0 .. n_checkpoints-1`` of an available checkpoint (negative ones count from the end).
+
+        Raises
+        ------
+        TypeError
+            ``checkpoint`` is not an int.
+        IndexError
+            The run has no such checkpoint (the message lists the valid indices).
+        """
         n = self.n_checkpoints
         if isinstance(checkpoint, bool) or not isinstance(checkpoint, int):
             raise TypeError(f"Run.model: checkpoint must be an int, got {type(checkpoint).__name__}.")
@@ -460,6 +469,9 @@ class Run:
                 f"valid indices are 0..{n - 1} (or -{n}..-1 from the end)."
             )
         return checkpoint % n
+
+    #: Former private name of :meth:`checkpoint_index`, kept until every caller has switched.
+    _index = checkpoint_index
 
     def model(self, checkpoint: int = -1) -> ModAddModel:
         """A fresh :class:`ModAddModel` with the weights of ``checkpoint`` (default: the last available)."""

@@ -22,9 +22,9 @@ def flagged(df: pd.DataFrame) -> pd.Series:
     """Whether the trust policy (:mod:`lambdahat.trust`) distrusts each row's estimate.
 
     A row is flagged when its ``status`` is ``"untrusted..."`` or ``"diverged"``, or when the diagnostics in the
-    row fail :func:`lambdahat.trust.assess` (``mala_acceptance``, ``rhat``, ``ess``, ``n_diverged``; this covers
-    tables without a ``status`` column, or written before it carried the verdict). Failed and missing points
-    are not flagged (they have no estimate), nor are missing diagnostics.
+    row fail :func:`lambdahat.trust.assess` (``mala_acceptance``, ``rhat``, ``ess``, ``n_diverged``,
+    ``llc_mean``; this covers tables without a ``status`` column, or written before it carried the verdict).
+    Failed and missing points are not flagged (they have no estimate), nor are missing diagnostics.
     """
     status = df["status"] if "status" in df else pd.Series(None, index=df.index, dtype=object)
 
@@ -34,6 +34,7 @@ def flagged(df: pd.DataFrame) -> pd.Series:
         return pd.to_numeric(df[name], errors="coerce").astype(float)
 
     acc, rhat, ess, n_div = column("mala_acceptance"), column("rhat"), column("ess"), column("n_diverged")
+    llc = column("llc_mean")
     flag = []
     for i in df.index:
         kind = trust.status_kind(status.loc[i]) if "status" in df else "ok"
@@ -41,7 +42,11 @@ def flagged(df: pd.DataFrame) -> pd.Series:
             flag.append(True)
         elif kind == "ok":
             verdict = trust.assess(
-                acceptance=acc.loc[i], rhat=rhat.loc[i], ess=ess.loc[i], diverged=n_div.loc[i]
+                acceptance=acc.loc[i],
+                rhat=rhat.loc[i],
+                ess=ess.loc[i],
+                diverged=n_div.loc[i],
+                llc_mean=llc.loc[i],
             )
             flag.append(not verdict.ok)
         else:
@@ -214,7 +219,7 @@ def plot_llc_over_checkpoints(df: pd.DataFrame, x: str = "checkpoint"):
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     ax.plot(pos, y, marker="o", label="llc_mean")
     ax.fill_between(pos, y - s, y + s, alpha=0.25, label="± llc_std")
-    bad = flagged(df).to_numpy()[order]
+    bad = flagged(df).to_numpy()[order] & np.isfinite(y)  # a diverged point has no λ̂ to mark: it is a gap
     if bad.any():
         ax.plot(pos[bad], y[bad], "x", color="red", markersize=12, markeredgewidth=2, label=FLAG_TEXT)
     if numeric and np.all(pos == np.round(pos)):

@@ -1,0 +1,389 @@
+"""Command-line options generated from :class:`~lambdahat.LLCConfig`: one option per setting, one name per concept.
+
+Every command that takes sampling settings gets them from :func:`llc_options`, which adds one Typer option per
+``LLCConfig`` field to the command (``--draws``, ``--chains``, ``--burnin-steps``, ``--steps-bw-draws``,
+``--learning-rate`` (a number or ``auto``), ``--localization``, ``--nbeta``, ``--dtype``, ``--sampler``,
+``--sampler-options`` (a JSON object), ``--weight-decay``, ``--bounding-box-size``,
+``--restrict-to-orth-grad/--no-restrict-to-orth-grad``, ``--model-mode``), with the field's line of
+``FIELD_HELP`` as help, and hands the command the validated ``LLCConfig``.
+
+``lambdahat --help`` must answer in well under a second, and importing torch alone takes seconds, so this module
+never imports ``lambdahat.config`` (which needs torch) to *declare* the options: it reads the fields, their
+annotations and defaults, ``FIELD_HELP`` and the choice tables from the source of ``lambdahat/config.py`` with
+:mod:`ast` (:func:`source_settings`). ``LLCConfig`` itself is imported when a command runs and builds its config;
+the tests pin that what is read here is what ``LLCConfig`` holds. :func:`source_defaults` does the same for other
+dataclasses whose defaults a command shows (``ExperimentParams``).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import inspect
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+__all__ = [
+    "Setting",
+    "build_config",
+    "llc_options",
+    "option_name",
+    "source_constants",
+    "source_defaults",
+    "source_settings",
+]
+
+CONFIG_MODULE = "lambdahat.config"
+#: String fields of ``LLCConfig`` whose values are one of a tuple (or the keys of a dict) in ``config.py``.
+_CHOICES = {"sampler": "SAMPLER_NAMES", "model_mode": "MODEL_MODES", "dtype": "DTYPES"}
+_NOT_LITERAL = object()
+
+
+# -- reading dataclasses and constants from source -----------------------------------------------------------------
+
+
+@functools.cache
+def _tree(module: str) -> ast.Module:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        raise RuntimeError(f"cli_options: cannot find the source of {module!r} to read its settings from.")
+    return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+
+
+def _literal(node: ast.expr | None) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError):
+        return _NOT_LITERAL
+
+
+def _default(node: ast.expr | None) -> Any:
+    """A field's default from its source: a literal, ``field(default=...)``/``field(default_factory=dict)``, or
+    the source text of anything else (e.g. ``"torch.float32"``)."""
+    if node is None:
+        return inspect.Parameter.empty
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "field":
+        for kw in node.keywords:
+            if kw.arg == "default":
+                return _default(kw.value)
+            if kw.arg == "default_factory" and isinstance(kw.value, ast.Name):
+                factory = {"dict": dict, "list": list, "tuple": tuple}.get(kw.value.id)
+                if factory is not None:
+                    return factory()
+        return ast.unparse(node)
+    value = _literal(node)
+    return ast.unparse(node) if value is _NOT_LITERAL else value
+
+
+@dataclass(frozen=True)
+class SourceField:
+    """One field of a dataclass as written in its source."""
+
+    name: str
+    annotation: str
+    default: Any
+
+
+@functools.cache
+def _dataclass_fields(module: str, cls: str) -> tuple[SourceField, ...]:
+    for node in _tree(module).body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            return tuple(
+                SourceField(item.target.id, ast.unparse(item.annotation), _default(item.value))
+                for item in node.body
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+            )
+    raise RuntimeError(f"cli_options: {module} has no class {cls}.")
+
+
+def source_defaults(module: str, cls: str) -> dict[str, Any]:
+    """The defaults of a dataclass's fields, read from its source without importing the module.
+
+    Examples
+    --------
+    >>> source_defaults("lambdahat.config", "Schedule")
+    {}
+    >>> source_defaults("lambdahat.config", "LLCConfig")["draws"]
+    200
+    """
+    return {
+        f.name: f.default for f in _dataclass_fields(module, cls) if f.default is not inspect.Parameter.empty
+    }
+
+
+def source_constants(module: str, *names: str) -> dict[str, Any]:
+    """Module-level constants read from source without importing the module (a dict whose values are not literal
+    keeps its literal keys, with the values' source text)."""
+    found: dict[str, Any] = {}
+    for node in _tree(module).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target, value = node.targets[0].id, node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            target, value = node.target.id, node.value
+        else:
+            continue
+        if target in names:
+            literal = _literal(value)
+            if literal is _NOT_LITERAL and isinstance(value, ast.Dict):
+                literal = {_literal(k): ast.unparse(v) for k, v in zip(value.keys, value.values)}
+            if literal is _NOT_LITERAL:
+                raise RuntimeError(f"cli_options: {module}.{target} is not a literal.")
+            found[target] = literal
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise RuntimeError(f"cli_options: {module} defines no {missing}.")
+    return found
+
+
+# -- the settings of LLCConfig ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``LLCConfig`` field as the command line sees it.
+
+    ``kind`` is its annotation in ``config.py``; ``default`` the value the option shows and passes when omitted
+    (``dtype`` by name); ``choices`` the allowed strings of a choice field.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+@functools.cache
+def source_settings() -> tuple[Setting, ...]:
+    """The fields of ``LLCConfig``, in declaration order, read from ``lambdahat/config.py``."""
+    consts = source_constants(CONFIG_MODULE, "FIELD_HELP", *sorted(set(_CHOICES.values())))
+    helps = consts["FIELD_HELP"]
+    out = []
+    for f in _dataclass_fields(CONFIG_MODULE, "LLCConfig"):
+        default = f.default
+        if f.annotation == "torch.dtype" and isinstance(default, str):
+            default = default.removeprefix("torch.")
+        choices = tuple(consts[_CHOICES[f.name]]) if f.name in _CHOICES else None
+        out.append(Setting(f.name, f.annotation, default, helps.get(f.name, ""), choices))
+    return tuple(out)
+
+
+def option_name(field_name: str) -> str:
+    """``"burnin_steps"`` → ``"--burnin-steps"``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _number_or_auto(value: Any) -> float | str:
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected a positive number or 'auto'; got {value!r}.") from None
+
+
+def _json_mapping(value: Any) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"expected a JSON object such as '{{\"alpha\": 0.99}}'; got {value!r} ({exc})."
+        ) from None
+    if not isinstance(parsed, dict):
+        raise typer.BadParameter(f"expected a JSON object such as '{{\"alpha\": 0.99}}'; got {value!r}.")
+    return parsed
+
+
+def _shown(default: Any) -> str | bool:
+    if default is None:
+        return False
+    if isinstance(default, Mapping):
+        return json.dumps(default)
+    return True
+
+
+def _option(setting: Setting, default: Any, decl: str, panel: str | None, hidden: bool = False, help=None):
+    """``(annotation, default)`` of the Typer parameter of one setting."""
+    common: dict[str, Any] = {"help": setting.help if help is None else help, "rich_help_panel": panel}
+    if hidden:
+        common["hidden"] = True
+    kind = setting.kind
+    if kind == "bool":
+        negative = "--no-" + decl.removeprefix("--")
+        return Annotated[bool, typer.Option(f"{decl}/{negative}", **common)], default
+    if setting.choices is not None:
+        choice = Literal[setting.choices]  # type: ignore[valid-type]
+        return Annotated[choice | None, typer.Option(decl, **common)], default
+    if kind in ("int", "float", "float | None"):
+        base = int if kind == "int" else float
+        return Annotated[base | None, typer.Option(decl, **common)], default
+    if kind == "float | str":
+        option = typer.Option(decl, parser=_number_or_auto, metavar="FLOAT|auto", **common)
+        return Annotated[float | None, option], default
+    if kind.startswith("Mapping"):
+        option = typer.Option(
+            decl, parser=_json_mapping, metavar="JSON", show_default=_shown(default), **common
+        )
+        return Annotated[dict | None, option], json.dumps(default) if isinstance(
+            default, Mapping
+        ) else default
+    raise TypeError(
+        f"llc_options: LLCConfig.{setting.name} has annotation {kind!r}, which the command line cannot parse yet; "
+        "teach lambdahat.cli_options._option how to read it."
+    )
+
+
+def build_config(values: Mapping[str, Any], option_names: Mapping[str, str] | None = None):
+    """The :class:`~lambdahat.LLCConfig` of parsed option values (imports ``lambdahat.config``, and torch, now).
+
+    Raises ``typer.BadParameter`` (exit code 2) with ``LLCConfig``'s message, named by the option
+    (``option_names``: the command's spelling where it is not :func:`option_name`'s), when a value is refused.
+    """
+    from .config import LLCConfig
+
+    try:
+        return LLCConfig.from_dict(values)
+    except ValueError as exc:
+        message = str(exc).removeprefix("LLCConfig: ")
+        spelled = {s.name: option_name(s.name) for s in source_settings()} | dict(option_names or {})
+        for field_name, decl in sorted(spelled.items(), key=lambda kv: -len(kv[0])):
+            if message.startswith(f"{field_name} "):
+                raise typer.BadParameter(message.removeprefix(field_name + " "), param_hint=decl) from None
+        raise typer.BadParameter(message) from None
+
+
+def _own_option_names(signature: inspect.Signature) -> set[str]:
+    names = set()
+    for p in signature.parameters.values():
+        for meta in getattr(p.annotation, "__metadata__", ()):
+            if isinstance(meta, typer.models.OptionInfo):
+                decls = [meta.default] if isinstance(meta.default, str) else []
+                decls += list(meta.param_decls or ())
+                if not decls:
+                    decls = [option_name(p.name)]
+                for decl in decls:
+                    names.update(d for d in decl.split("/") if d)
+    return names
+
+
+def llc_options(
+    *,
+    fields: Sequence[str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    names: Mapping[str, str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    panel: str | None = None,
+    param: str = "config",
+) -> Callable[[Callable], Callable]:
+    """Decorate a Typer command so that it takes the ``LLCConfig`` settings as options and receives the validated
+    config in its parameter ``param`` (default ``config``).
+
+    Parameters
+    ----------
+    fields:
+        The settings the command offers (default: every ``LLCConfig`` field); the others keep their defaults.
+    defaults:
+        This command's defaults where they differ from ``LLCConfig``'s (e.g. modular addition's tuned ones).
+    names:
+        Option names for settings whose own name the command already uses for another concept (e.g. training's
+        ``--weight-decay`` next to the sampler's, which then becomes ``--llc-weight-decay``).
+    aliases:
+        Hidden, deprecated spellings (``{"learning_rate": "--epsilon"}``): accepted with a warning on stderr;
+        giving both spellings is an error.
+    panel:
+        The ``--help`` panel of these options.
+
+    Examples
+    --------
+    >>> app = typer.Typer()
+    >>> @app.command()
+    ... @llc_options(fields=["draws", "learning_rate"], defaults={"draws": 50})
+    ... def run(config) -> None:
+    ...     print(config.draws, config.learning_rate)
+    >>> from typer.testing import CliRunner
+    >>> print(CliRunner().invoke(app, ["--learning-rate", "auto"]).output.strip())
+    50 auto
+    """
+    settings = {s.name: s for s in source_settings()}
+    chosen = list(settings) if fields is None else list(fields)
+    for group, keys in (("fields", chosen), ("defaults", defaults or {}), ("names", names or {})):
+        unknown = sorted(set(keys) - set(settings))
+        if unknown:
+            raise ValueError(f"llc_options: unknown settings {unknown} in {group}; known: {list(settings)}.")
+    unknown = sorted(set(aliases or {}) - set(chosen))
+    if unknown:
+        raise ValueError(f"llc_options: aliases {unknown} name settings that are not offered ({chosen}).")
+    overrides = dict(defaults or {})
+    decls = {n: (names or {}).get(n, option_name(n)) for n in chosen}
+    alias_params = {f"{param}__alias__{n}": (n, a) for n, a in (aliases or {}).items()}
+
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn, eval_str=True)
+        if param not in signature.parameters:
+            raise TypeError(
+                f"llc_options: {fn.__name__} needs a parameter {param!r} to receive the LLCConfig."
+            )
+        clash = sorted(set(decls.values()) & _own_option_names(signature))
+        if clash:
+            raise ValueError(
+                f"llc_options: {fn.__name__} already has option(s) {clash}; give the setting another name with "
+                "names={...}."
+            )
+        own = [p for p in signature.parameters.values() if p.name != param]
+        added = []
+        for n in chosen:
+            s = settings[n]
+            annotation, default = _option(s, overrides.get(n, s.default), decls[n], panel)
+            added.append(
+                inspect.Parameter(
+                    f"{param}__{n}", inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+                )
+            )
+        for pname, (n, alias) in alias_params.items():
+            note = f"Deprecated spelling of {decls[n]}."
+            annotation, _ = _option(settings[n], None, alias, panel, hidden=True, help=note)
+            added.append(
+                inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+            )
+        context = f"{param}__context"
+        if alias_params:  # to tell an option given on the command line from its default
+            added.append(inspect.Parameter(context, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+        positional = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        keyword = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        new_signature = signature.replace(parameters=[*positional, *keyword, *added])
+
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {n: kwargs.pop(f"{param}__{n}") for n in chosen}
+            ctx = kwargs.pop(context, None)
+            for pname, (n, alias) in alias_params.items():
+                value = kwargs.pop(pname)
+                if value is None:
+                    continue
+                source = ctx.get_parameter_source(f"{param}__{n}") if ctx is not None else None
+                if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+                    raise typer.BadParameter(
+                        f"{alias} is the old spelling of {decls[n]}; give {decls[n]} only.", param_hint=alias
+                    )
+                typer.echo(f"warning: {alias} is deprecated; use {decls[n]}.", err=True)
+                values[n] = value
+            values = {**{n: overrides[n] for n in overrides if n not in values}, **values}
+            kwargs[param] = build_config(values, decls)
+            return fn(*args, **kwargs)
+
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(command, attr, getattr(fn, attr))
+        command.__signature__ = new_signature  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in new_signature.parameters.values()}
+        return command
+
+    return decorate
