@@ -19,7 +19,7 @@ import warnings
 import pytest
 
 from lambdahat import LLCEstimator, nbeta_from_effective_size, truth
-from lambdahat.validation import radial_posterior_mean
+from lambdahat.truth import radial_posterior_mean
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,8 @@ def test_regular_model_matches_the_exact_sgld_value():
     eps, gamma = 5e-5, 1.0
     r = estimate(case, learning_rate=eps, localization=gamma, draws=1000, burnin_steps=300)
     nbeta = nbeta_from_effective_size(case.n)
-    exact = truth.regular_posterior_mean_nbeta_k(10, 1.0, nbeta, gamma, eps)
+    exact, kind = case.reference(nbeta, gamma, eps)
+    assert kind == "exact SGLD" and exact == truth.regular_posterior_mean_nbeta_k(10, 1.0, nbeta, gamma, eps)
     assert abs(r.llc_mean - exact) < 4 * r.llc_stderr, (r.llc_mean, exact, r.llc_stderr)
     assert abs(r.llc_mean - 5.0) / 5.0 < 0.1
 
@@ -61,7 +62,8 @@ def test_radial_potential_matches_the_exact_posterior_mean():
     case = truth.radial_case(3, 2)
     gamma = 1.0
     r = estimate(case, learning_rate=5e-4, localization=gamma, draws=3000, burnin_steps=500)
-    exact = radial_posterior_mean(3, 2, nbeta_from_effective_size(case.n), gamma)
+    exact, _ = case.reference(nbeta_from_effective_size(case.n), gamma)
+    assert exact == radial_posterior_mean(3, 2, nbeta_from_effective_size(case.n), gamma)
     assert r.mala_acceptance > 0.98
     assert abs(r.llc_mean - exact) < 4 * r.llc_stderr + 0.05 * exact, (r.llc_mean, exact, r.llc_stderr)
 
@@ -72,7 +74,8 @@ def test_monomials_match_the_exact_posterior_mean(k):
     gamma = 10.0
     nbeta = nbeta_from_effective_size(case.n)
     r = estimate(case, learning_rate=1e-3, localization=gamma, draws=2000, burnin_steps=500)
-    exact = truth.posterior_mean_nbeta_k_numeric(case.model.potential, 2, nbeta, gamma)
+    exact, kind = case.reference(nbeta, gamma)
+    assert kind == "exact posterior"
     assert r.mala_acceptance > 0.98
     assert abs(r.llc_mean - exact) < 4 * r.llc_stderr + 0.05 * exact, (r.llc_mean, exact, r.llc_stderr)
 

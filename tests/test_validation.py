@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 
 import pandas as pd
@@ -11,6 +12,7 @@ import pytest
 import lambdahat.validation as validation
 from lambdahat import nbeta_from_effective_size, truth
 from lambdahat.calibration import CalibrationError
+from lambdahat.sweeps.runner import run_sweep
 from lambdahat.validation import SETTINGS, TABLE_COLUMNS, CaseSettings, format_table, run_validation
 
 #: Two cheap cases (a regular one with an ε-dependent reference, a singular one with a quadrature reference).
@@ -123,6 +125,14 @@ def test_a_calibration_that_finds_no_step_is_not_retried(monkeypatch):
     assert df["attempts"].tolist() == [1, 1, 1]
     assert df["status"].iloc[:2].tolist() == ["failed", "failed"]
     assert df["error"].iloc[0].startswith("PointError: calibration found no step: calibrate: no step passed")
+    calibrated = df.iloc[2]
+    if "value_columns" in inspect.signature(run_sweep).parameters:  # the engine stores the step that was used
+        assert calibrated.learning_rate == 1e-4
+        assert calibrated.reference == truth.regular_posterior_mean_nbeta_k(
+            3, 1.0, calibrated.nbeta, 1.0, 1e-4
+        )
+    else:  # the step calibration chose is not known here, nor the reference that depends on it
+        assert math.isnan(calibrated.learning_rate) and math.isnan(calibrated.reference)
 
 
 def test_bad_arguments():

@@ -8,20 +8,69 @@ size), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``plottin
 learning coefficients and their models), ``validation`` and ``modadd`` (the modular-addition toolkit).
 """
 
-from .calibration import Calibration, CalibrationError, calibrate, calibrate_problem, calibrated_estimator
-from .config import LLCConfig
-from .estimator import LLCEstimator, nbeta_from_effective_size, sample
-from .plotting import plot_diagnostics, plot_trace
-from .problem import Problem, prepare
-from .result import LLCResult
-from .samplers import Sampler
-from .sweeps import (
-    GridSearchConfig,
-    LLCGridSearch,
-    llc_over_checkpoints,
-    plot_grid,
-    plot_llc_over_checkpoints,
-)
+from typing import TYPE_CHECKING
+
+# The names are imported on first use (PEP 562), so that `import lambdahat.cli` (and `lambdahat --help`) does not
+# pay for torch, pandas and matplotlib; `from lambdahat import X` and `lambdahat.X` work as usual.
+_EXPORTS = {
+    "Calibration": "calibration",
+    "CalibrationError": "calibration",
+    "calibrate": "calibration",
+    "calibrate_problem": "calibration",
+    "calibrated_estimator": "calibration",
+    "LLCConfig": "config",
+    "LLCEstimator": "estimator",
+    "nbeta_from_effective_size": "estimator",
+    "sample": "estimator",
+    "plot_diagnostics": "plotting",
+    "plot_trace": "plotting",
+    "Problem": "problem",
+    "prepare": "problem",
+    "LLCResult": "result",
+    "Sampler": "samplers",
+    "GridSearchConfig": "sweeps",
+    "LLCGridSearch": "sweeps",
+    "llc_over_checkpoints": "sweeps",
+    "plot_grid": "sweeps",
+    "plot_llc_over_checkpoints": "sweeps",
+}
+
+if TYPE_CHECKING:
+    from .calibration import Calibration, CalibrationError, calibrate, calibrate_problem, calibrated_estimator
+    from .config import LLCConfig
+    from .estimator import LLCEstimator, nbeta_from_effective_size, sample
+    from .plotting import plot_diagnostics, plot_trace
+    from .problem import Problem, prepare
+    from .result import LLCResult
+    from .samplers import Sampler
+    from .sweeps import (
+        GridSearchConfig,
+        LLCGridSearch,
+        llc_over_checkpoints,
+        plot_grid,
+        plot_llc_over_checkpoints,
+    )
+
+
+def __getattr__(name: str):
+    import importlib
+
+    module = _EXPORTS.get(name)
+    if module is None:  # a submodule such as lambdahat.sweeps, as after an eager import
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'lambdahat' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __version__ = "0.1.0"
 

@@ -209,7 +209,10 @@ def run_chain_batch(
     records, recorder = None, None
     if evaluation is not None:
         records = torch.full(
-            (n_chains, schedule.draws, *evaluation.shape), float("nan"), device=fm.device, dtype=fm.param_dtype
+            (n_chains, schedule.draws, *evaluation.shape),
+            float("nan"),
+            device=fm.device,
+            dtype=fm.param_dtype,
         )
         recorder = make_recorder(fm)
     first_draw, every = schedule.burnin_steps, schedule.steps_bw_draws

@@ -372,7 +372,7 @@ def llc_options(
                 source = ctx.get_parameter_source(f"{param}__{n}") if ctx is not None else None
                 if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
                     raise typer.BadParameter(
-                        f"{alias} is the old spelling of {decls[n]}; give {decls[n]} only.", param_hint=alias
+                        f"the old spelling of {decls[n]}, which is given too; give {decls[n]} only.", param_hint=alias
                     )
                 typer.echo(f"warning: {alias} is deprecated; use {decls[n]}.", err=True)
                 values[n] = value

@@ -25,7 +25,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["DTYPES", "MODEL_MODES", "SAMPLER_NAMES", "STRUCTURAL_FIELDS", "LLCConfig", "Schedule", "parse_dtype"]
+__all__ = [
+    "DTYPES",
+    "MODEL_MODES",
+    "SAMPLER_NAMES",
+    "STRUCTURAL_FIELDS",
+    "LLCConfig",
+    "Schedule",
+    "parse_dtype",
+]
 
 #: Precisions a run can use, by name.
 DTYPES: dict[str, torch.dtype] = {
@@ -199,7 +207,9 @@ class LLCConfig:
             put("nbeta", _number("nbeta", self.nbeta, positive=True))
         put("dtype", parse_dtype(self.dtype))
         if self.sampler not in SAMPLER_NAMES:
-            raise ValueError(f"LLCConfig: sampler must be one of {', '.join(SAMPLER_NAMES)}; got {self.sampler!r}.")
+            raise ValueError(
+                f"LLCConfig: sampler must be one of {', '.join(SAMPLER_NAMES)}; got {self.sampler!r}."
+            )
         if not isinstance(self.sampler_options, Mapping):
             raise ValueError(
                 f"LLCConfig: sampler_options must be a mapping of option names to values; got "
@@ -243,7 +253,9 @@ class LLCConfig:
         try:
             return get_sampler(self.sampler, **options)
         except TypeError as exc:
-            raise ValueError(f"LLCConfig: sampler_options {options} do not fit {self.sampler!r}: {exc}") from exc
+            raise ValueError(
+                f"LLCConfig: sampler_options {options} do not fit {self.sampler!r}: {exc}"
+            ) from exc
 
     def replace(self, **changes: Any) -> LLCConfig:
         """A copy with ``changes`` (validated like the constructor).
@@ -255,7 +267,9 @@ class LLCConfig:
         """
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise TypeError(f"LLCConfig.replace: unknown settings {unknown}; known: {sorted(self.field_names())}.")
+            raise TypeError(
+                f"LLCConfig.replace: unknown settings {unknown}; known: {sorted(self.field_names())}."
+            )
         return dataclasses.replace(self, **changes)
 
     @classmethod

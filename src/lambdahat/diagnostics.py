@@ -21,6 +21,7 @@ __all__ = [
     "TREND_P_VALUE",
     "divergence",
     "effective_sample_size",
+    "half_growth",
     "r_hat",
     "trend_p_value",
     "trend_z",
@@ -104,3 +105,14 @@ def trend_p_value(t: float, chains: int) -> float:
     from scipy.stats import t as student_t
 
     return float(2 * student_t.sf(abs(t), chains - 1))
+
+
+def half_growth(trace: np.ndarray | torch.Tensor) -> float:
+    """Relative growth from the first to the second half of the draws: ``mean(last half) / mean(first half) − 1``
+    over all chains of a ``(chain, draw)`` trace of a positive quantity (NaN when undefined)."""
+    arr = np.asarray(trace, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 2 or not np.isfinite(arr).all():
+        return math.nan
+    half = arr.shape[1] // 2
+    first = arr[:, :half].mean()
+    return float(arr[:, -half:].mean() / first - 1.0) if first > 0 else math.nan

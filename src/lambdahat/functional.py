@@ -215,7 +215,9 @@ def select_parameters(model: nn.Module, params: ParamSelection) -> ParamLayout:
             hit.update(hits)
         chosen = [n for n in all_names if n in hit]
     if not chosen:
-        raise ValueError(f"estimate_llc: params selects no parameter; the model's parameters are {all_names}.")
+        raise ValueError(
+            f"estimate_llc: params selects no parameter; the model's parameters are {all_names}."
+        )
     digest = hashlib.sha1()
     for n in chosen:
         if n in masks:
@@ -493,7 +495,9 @@ class FunctionalModel:
             )
         self.layout = layout
         named = dict(self.module.named_parameters())
-        sampled_whole = {n for n, m in zip(layout.names, layout.masks or (None,) * len(layout.names)) if m is None}
+        sampled_whole = {
+            n for n, m in zip(layout.names, layout.masks or (None,) * len(layout.names)) if m is None
+        }
         with torch.no_grad():
             self.w_star = self.layout.flatten(
                 {n: named[n].detach().to(self.param_dtype) for n in layout.names}

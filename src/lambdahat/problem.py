@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import trust
 from .anchor import anchor_pass
 from .chains import (
     AUTO_COMPILE_FACTOR,
@@ -160,7 +161,9 @@ class Problem:
                 "does not have; pass nbeta=nbeta_from_effective_size(n) with your n."
             )
         if self.n < 2:
-            raise ValueError(f"estimate_llc: the data set has {self.n} sample(s); nβ = n / log n needs n >= 2.")
+            raise ValueError(
+                f"estimate_llc: the data set has {self.n} sample(s); nβ = n / log n needs n >= 2."
+            )
         return nbeta_from_effective_size(self.n)
 
     def check(self, config: LLCConfig) -> None:
@@ -307,7 +310,9 @@ def prepare(
     _loader_advice(loader, dev_list)
     # One functional copy of the model per device slot: threads never share a module object, not even when the
     # same device is listed twice.
-    slots = [FunctionalModel(model, objective, dev, config.dtype, layout, config.model_mode) for dev in dev_list]
+    slots = [
+        FunctionalModel(model, objective, dev, config.dtype, layout, config.model_mode) for dev in dev_list
+    ]
     main = slots[0]
     in_dtype = _input_dtype(main.param_dtype)
     ledger = PassLedger()
@@ -347,9 +352,8 @@ def acceptance_kind(sampler: str, full_batch: bool) -> str:
     """How the MALA acceptance of a run is obtained: ``"exact"`` (full-batch data: from the potentials),
     ``"gradient estimate"`` (the trapezoid rule on the gradients, exact on quadratic potentials) or
     ``"not available"`` (SGNHT, whose update has no Metropolis–Hastings counterpart)."""
-    if sampler == "sgnht":
-        return "not available"
-    return "exact" if full_batch else "gradient estimate"
+    kind = trust.acceptance_kind(sampler)
+    return "exact" if full_batch and kind == "gradient estimate" else kind
 
 
 def run_chains(
@@ -391,7 +395,9 @@ def run_chains(
             "run_chains: learning_rate='auto' is chosen by lambdahat.sample or lambdahat.calibrate; pass a number."
         )
     problem.check(config)
-    if chain_batch is not None and (isinstance(chain_batch, bool) or not isinstance(chain_batch, int) or chain_batch < 1):
+    if chain_batch is not None and (
+        isinstance(chain_batch, bool) or not isinstance(chain_batch, int) or chain_batch < 1
+    ):
         raise ValueError(f"estimate_llc: chain_batch must be an int >= 1 or None; got {chain_batch!r}.")
     seed = resolve_seed(seed)
     nbeta = problem.nbeta(config)
@@ -404,7 +410,7 @@ def run_chains(
 
     def ctx_on(fm: FunctionalModel) -> Context:
         u = None if problem.direction is None else problem.direction.to(fm.device)
-        exact = problem.full_batch and sampler.name != "sgnht"
+        exact = acceptance_kind(sampler.name, problem.full_batch) == "exact"
         return Context(fm.w_star, u, config.bounding_box_size, config.weight_decay, exact)
 
     main = problem.slots[0]
@@ -438,7 +444,9 @@ def run_chains(
         for slot, fm in enumerate(problem.slots)
     ]
     total_steps = config.total_steps * sum(len(batches) for batches in plan.values())
-    with tqdm(total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False) as bar:
+    with tqdm(
+        total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False
+    ) as bar:
         trace = run_slots(jobs, plan, sampler, seed, config.schedule, on_step=lambda: bar.update(1))
     recorded = {
         **config.to_dict(),

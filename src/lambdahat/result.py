@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +16,17 @@ from .config import Schedule
 from .samplers import Info
 
 __all__ = ["LLCResult"]
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside lambdahat (the user's call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,7 @@ class LLCResult:
             trend_z=trend,
             distance_trend_p=diagnostics.trend_p_value(dist_trend, n_kept),
             distance_trend_z=dist_trend,
+            distance_growth=diagnostics.half_growth(distance[ok].numpy()),
             diverged=torch.nonzero(diverged).flatten().tolist(),
             chains=len(llcs),
             llc_mean=llc_mean,
@@ -170,7 +184,7 @@ class LLCResult:
         )
         if warn:
             for note in verdict.advice:
-                warnings.warn(f"estimate_llc: {note}", RuntimeWarning, stacklevel=4)
+                warnings.warn(f"estimate_llc: {note}", RuntimeWarning, stacklevel=_caller_level())
         return cls(
             llcs=llcs.float(),
             losses=losses.float(),

@@ -213,7 +213,15 @@ def exact_acceptance_step(
         log_accept = torch.full_like(now, float("nan"))
     else:
         log_accept = exact_log_accept(
-            prev.theta, theta, prev.drift, drift, prev.potential, now, hyper.learning_rate, prev.precond, precond
+            prev.theta,
+            theta,
+            prev.drift,
+            drift,
+            prev.potential,
+            now,
+            hyper.learning_rate,
+            prev.precond,
+            precond,
         )
     return log_accept, Previous(theta, drift, now, precond)
 

@@ -1,8 +1,7 @@
-"""The LLC over training: one estimate per checkpoint, all with the same estimator settings and seed."""
+"""The LLC over training: one estimate per checkpoint, all with the same settings (one ``LLCConfig``) and seed."""
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import LLCConfig
 from ..estimator import LLCEstimator
 from ..functional import select_parameters
 from ..rng import resolve_seed
@@ -119,7 +119,7 @@ def _checkpoint_point(shared: Mapping[str, Any], task: Mapping[str, Any]) -> dic
     loader = shared["loader"]
     if _is_loader_factory(loader):
         loader = loader(task["label"])
-    config, options = shared["estimator"].config, shared["options"]
+    config, options = shared["config"], shared["options"]
     return result_row(estimate(problem_for(model, loader, config, options), config, options))
 
 
@@ -159,15 +159,11 @@ def _labels(checkpoints: Sequence[Checkpoint], labels: Sequence[Any] | None) -> 
     return labels
 
 
-def _estimator_settings(est: LLCEstimator) -> dict[str, Any]:
-    return est.config.to_dict()
-
-
 def llc_over_checkpoints(
     checkpoints: Sequence[Checkpoint],
     model_fn: Callable[[], nn.Module],
     loader,
-    estimator: LLCEstimator,
+    estimator: LLCConfig | LLCEstimator,
     criterion_fn: Callable = F.cross_entropy,
     unpack_fn: Callable | None = None,
     devices: str | torch.device | Sequence[str | torch.device] = "cpu",
@@ -192,8 +188,7 @@ def llc_over_checkpoints(
 
     ``model_fn()`` is called once; every checkpoint's weights are loaded into that one model object (strictly:
     every parameter and buffer, no extra), so compiled steps are made once and reused for all checkpoints. All
-    checkpoints use the same estimator settings and the same seed, so the differences between them are not seed
-    noise.
+    checkpoints use the same settings and the same seed, so the differences between them are not seed noise.
 
     Parameters
     ----------
@@ -206,7 +201,8 @@ def llc_over_checkpoints(
         A ``DataLoader`` (the same data for every checkpoint), or ``label -> loader`` for checkpoints with their
         own data.
     estimator:
-        The :class:`~lambdahat.LLCEstimator` whose settings every checkpoint uses (it is not modified).
+        The settings of every checkpoint: an :class:`~lambdahat.LLCConfig`, or an :class:`~lambdahat.LLCEstimator`
+        (its ``config``; the estimator is not modified). Recorded in ``sweep.json`` as ``config.estimator``.
     criterion_fn, unpack_fn, devices, chain_batch, compile, params:
         As in :meth:`~lambdahat.LLCEstimator.estimate_llc`.
     seed:
@@ -246,9 +242,12 @@ def llc_over_checkpoints(
             raise TypeError(
                 f"llc_over_checkpoints: a checkpoint must be a path or a state dict; got {type(c).__name__}."
             )
-    if not isinstance(estimator, LLCEstimator):
+    if isinstance(estimator, LLCEstimator):
+        estimator = estimator.config
+    if not isinstance(estimator, LLCConfig):
         raise TypeError(
-            f"llc_over_checkpoints: estimator must be an LLCEstimator; got {type(estimator).__name__}."
+            f"llc_over_checkpoints: estimator must be an LLCConfig or an LLCEstimator; got "
+            f"{type(estimator).__name__}."
         )
     if not callable(model_fn) or isinstance(model_fn, nn.Module):
         raise TypeError(
@@ -279,10 +278,8 @@ def llc_over_checkpoints(
         "compile": compile,
         "params": params,
     }
-    est = copy.copy(estimator)
-    est.result = None  # a previous run's traces need not travel with it
     config = {
-        "estimator": _estimator_settings(estimator),
+        "estimator": estimator.to_dict(),
         "checkpoints": [
             {"label": label, "source": src if isinstance(src, str) else f"memory:{fingerprint(src)}"}
             for label, src in zip(label_list, sources)
@@ -299,7 +296,7 @@ def llc_over_checkpoints(
         points=points,
         point_columns=[("checkpoint", "str"), ("path", "str")],
         fn=_checkpoint_point,
-        shared={"model": model, "loader": loader, "estimator": est, "options": options},
+        shared={"model": model, "loader": loader, "config": estimator, "options": options},
         prepare=_Prepare(sources),
         config=config,
         runtime=runtime_spec(executor, address, options, max_retries),

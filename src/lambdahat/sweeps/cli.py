@@ -1,31 +1,75 @@
 """The ``lambdahat sweep CONFIG.yaml`` command: a grid search or a checkpoint sweep described by a YAML (or TOML)
 file, run locally or on Ray, resumable.
 
-A configuration (relative paths are relative to the file)::
+Sweep files
+-----------
 
-    kind: grid                      # or: checkpoints
+A grid search (relative paths are relative to the file)::
+
+    kind: grid
     model:
-      kind: python
-      factory: "my_models:build"    # module:function, or path/to/file.py:function
-      kwargs: {width: 64}           # optional keyword arguments of the factory
-    estimator:                      # LLCEstimator settings
+      kind: python                   # the only kind
+      factory: "my_models:build"     # module:function, or path/to/file.py:function
+      kwargs: {width: 64}            # optional keyword arguments of the factory
+    estimator:                       # LLCConfig settings shared by every point (defaults: LLCConfig's)
       draws: 200
       chains: 8
       burnin_steps: 100
-    grid:                           # kind: grid
-      epsilon: {range: [1.0e-6, 1.0e-4]}   # a range, a list of values, or one value
-      gamma: {range: [10, 500]}
-      nbeta: 57.6                   # null: n / log n
-      estimates_per_dim: 5
+      dtype: float32
+    grid:
+      learning_rate: {range: [1.0e-6, 1.0e-4]}   # ε: a range, a list of values, or one value
+      localization: [10, 100, 500]               # γ
+      nbeta: 57.6                                # nβ; null or absent: n / log n of the data
+      estimates_per_dim: 5                       # values per range; an error next to a list axis
     run:
       seed: 0
       devices: cpu
       out_dir: results/grid
 
-For ``kind: grid`` the factory returns ``(model, loader, criterion_fn)``; for ``kind: checkpoints`` it returns
-``(model_fn, loader, criterion_fn)`` (``loader`` may be ``label -> loader``) and the file lists
-``checkpoints: [paths]`` or ``checkpoints_glob: "dir/*.safetensors"`` (sorted naturally), optionally ``labels``.
-A fourth element, ``unpack_fn``, may follow; ``criterion_fn=None`` means cross-entropy.
+A checkpoint sweep::
+
+    kind: checkpoints
+    model: {factory: "my_models:checkpoints"}
+    estimator: {draws: 200, chains: 8, learning_rate: 1.0e-4, localization: 100, nbeta: 57.6}
+    checkpoints_glob: "ckpts/*.safetensors"      # or checkpoints: [paths]; sorted naturally (2 before 10)
+    labels: [100, 200, 300]                      # optional, one per checkpoint
+    run: {seed: 0}
+
+The same in TOML (by the ``.toml`` suffix) has a table per section: ``[model]``, ``[estimator]``, ``[grid]``,
+``[run]``; a range is ``learning_rate = {range = [1e-6, 1e-4]}``.
+
+The sections:
+
+``kind``
+    ``grid`` or ``checkpoints``.
+``model``
+    ``factory``: for ``kind: grid`` a function returning ``(model, loader, criterion_fn)``, for ``kind:
+    checkpoints`` one returning ``(model_fn, loader, criterion_fn)`` (``loader`` may be ``label -> loader``); a
+    fourth element, ``unpack_fn``, may follow, and ``criterion_fn=None`` means cross-entropy. ``kwargs``: its
+    keyword arguments.
+``estimator``
+    Any :class:`~lambdahat.LLCConfig` setting, by its name (``draws``, ``chains``, ``burnin_steps``,
+    ``steps_bw_draws``, ``learning_rate`` (a number or ``auto``), ``localization``, ``nbeta``, ``dtype`` (by
+    name), ``sampler``, ``sampler_options``, ``weight_decay``, ``bounding_box_size``, ``restrict_to_orth_grad``,
+    ``model_mode``), read by ``LLCConfig.from_dict``. In a grid, ``learning_rate``, ``localization`` and
+    ``nbeta`` are axes and belong to ``grid``. YAML 1.1 reads ``1e-6`` (no dot) as text; it is taken as the
+    number it spells.
+``grid`` (``kind: grid``)
+    The axes ``learning_rate``, ``localization``, ``nbeta``, each ``{range: [lo, hi]}`` (``estimates_per_dim``
+    values, log-spaced for ε and nβ, linear for γ unless ``localization_spacing: log``), a list (exactly those
+    values) or a number; ``estimates_per_dim`` (default 5) counts the values of ranges only, and together with a
+    list it is refused as ambiguous. ``epsilon``, ``gamma`` and ``gamma_spacing`` are accepted as the seed's names
+    of ``learning_rate``, ``localization`` and ``localization_spacing``.
+``checkpoints`` / ``checkpoints_glob`` / ``labels`` (``kind: checkpoints``)
+    The checkpoint files (``.safetensors`` or ``torch.save``'d state dicts), exactly one of a list and a glob;
+    optional labels, one per checkpoint (default: the file stems).
+``run``
+    ``seed``, ``devices``, ``chain_batch``, ``compile``, ``params``, ``max_retries``, ``executor`` (``local`` or
+    ``ray``), ``address``, ``ray_resources``, ``out_dir`` (default: ``<file stem>-results`` next to the file); as
+    in :meth:`~lambdahat.sweeps.LLCGridSearch.run_grid_search`. The command's options override ``executor``,
+    ``address`` and ``out_dir``.
+
+An unknown key anywhere is an error that lists the known ones.
 """
 
 from __future__ import annotations
@@ -41,14 +85,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch.nn.functional as F
 import typer
-import yaml
 
-from ..estimator import LLCEstimator
-from .checkpoints import llc_over_checkpoints
 from .executors import EXECUTORS
-from .grid import GridSearchConfig, LLCGridSearch
 from .store import RESULTS_FILE
 
 __all__ = ["SweepConfigError", "load_sweep_config", "register", "run_config"]
@@ -56,20 +95,6 @@ __all__ = ["SweepConfigError", "load_sweep_config", "register", "run_config"]
 TOP_KEYS = ("kind", "model", "estimator", "grid", "checkpoints", "checkpoints_glob", "labels", "run")
 KINDS = ("grid", "checkpoints")
 MODEL_KINDS = ("python",)
-GRID_KEYS = ("epsilon", "gamma", "nbeta", "estimates_per_dim", "gamma_spacing")
-SCHEDULE_KEYS = (
-    "draws",
-    "chains",
-    "burnin_steps",
-    "steps_bw_draws",
-    "sampler",
-    "dtype",
-    "weight_decay",
-    "restrict_to_orth_grad",
-    "bounding_box_size",
-    "sampler_options",
-)
-ESTIMATOR_KEYS = (*SCHEDULE_KEYS[:4], "learning_rate", "localization", "nbeta", *SCHEDULE_KEYS[4:])
 RUN_KEYS = (
     "seed",
     "devices",
@@ -82,7 +107,8 @@ RUN_KEYS = (
     "ray_resources",
     "out_dir",
 )
-FLOAT_KEYS = ("learning_rate", "localization", "nbeta", "weight_decay", "bounding_box_size")
+#: A number that YAML 1.1 leaves as text (``1e-6``: an exponent without a dot).
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class SweepConfigError(ValueError):
@@ -102,13 +128,14 @@ def _check_keys(section: str, values: Any, allowed: tuple[str, ...]) -> dict[str
     return dict(values)
 
 
-def _float(where: str, value: Any) -> Any:
-    """YAML 1.1 reads ``1e-6`` (no dot) as a string; accept it as the number it means."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise SweepConfigError(f"sweep config: {where} must be a number; got {value!r}.") from None
+def _numbers(value: Any) -> Any:
+    """``value`` with the numbers YAML 1.1 left as text (``1e-6``) made numbers, in mappings and lists too."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
     return value
 
 
@@ -120,10 +147,23 @@ def _axis(name: str, spec: Any) -> Any:
                 f"sweep config: grid.{name} as a mapping must be {{range: [lo, hi]}}; got {spec!r}. "
                 "For given values use a list, for one value a number."
             )
-        return tuple(_float(f"grid.{name}", v) for v in spec["range"])
-    if isinstance(spec, list):
-        return [_float(f"grid.{name}", v) for v in spec]
-    return None if spec is None else _float(f"grid.{name}", spec)
+        return tuple(spec["range"])
+    return spec
+
+
+def _settings(section: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The ``estimator`` section: ``LLCConfig`` settings by name (without ``exclude``, the grid's axes)."""
+    from ..config import LLCConfig
+
+    allowed = tuple(f for f in LLCConfig.field_names() if f not in exclude)
+    if isinstance(section, Mapping):
+        misplaced = sorted(set(section) & set(exclude))
+        if misplaced:
+            raise SweepConfigError(
+                f"sweep config: {misplaced} are the grid's axes; set them under grid: (a number for one value), "
+                "not under estimator:."
+            )
+    return _numbers(_check_keys("estimator", section, allowed))
 
 
 def _natural_key(path: str) -> list[Any]:
@@ -162,9 +202,13 @@ def _import_factory(spec: Any, base: Path) -> Callable:
 def load_sweep_config(path: str | Path) -> dict[str, Any]:
     """Read and check a sweep configuration (YAML, or TOML by the ``.toml`` suffix).
 
-    Returns the checked sections with paths resolved against the file's directory; raises
-    :class:`SweepConfigError` with what to change.
+    Returns the checked sections with paths resolved against the file's directory (``kind``, ``path``,
+    ``factory``, ``factory_kwargs``, ``base``, ``run``, and ``grid``, a :class:`~lambdahat.sweeps.GridSearchConfig`,
+    or ``config``, an :class:`~lambdahat.LLCConfig`, with ``checkpoints`` and ``labels``); raises
+    :class:`SweepConfigError` with what to change. The schema is in the module's docstring.
     """
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise SweepConfigError(f"sweep config: {str(path)!r} does not exist.")
@@ -208,14 +252,13 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
         for key in ("checkpoints", "checkpoints_glob", "labels"):
             if key in cfg:
                 raise SweepConfigError(f"sweep config: {key} belongs to kind: checkpoints, not kind: grid.")
-        est = _check_keys("estimator", cfg.get("estimator"), SCHEDULE_KEYS)
-        grid = _check_keys("grid", cfg.get("grid"), GRID_KEYS)
-        for key in ("epsilon", "gamma", "nbeta"):
-            if key in grid:
-                grid[key] = _axis(key, grid[key])
-        for key in FLOAT_KEYS:
-            if key in est:
-                est[key] = _float(f"estimator.{key}", est[key])
+        from .grid import ALIASES, AXES, GRID_SETTINGS, GridSearchConfig
+
+        est = _settings(cfg.get("estimator"), exclude=AXES)
+        grid = _numbers(_check_keys("grid", cfg.get("grid"), (*AXES, *GRID_SETTINGS, *ALIASES)))
+        for key, value in grid.items():
+            if ALIASES.get(key, key) in AXES:
+                grid[key] = _axis(key, value)
         try:
             out["grid"] = GridSearchConfig(**grid, **est)
         except (TypeError, ValueError) as exc:
@@ -223,23 +266,14 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
     else:
         if "grid" in cfg:
             raise SweepConfigError("sweep config: grid belongs to kind: grid, not kind: checkpoints.")
-        est = _check_keys("estimator", cfg.get("estimator"), ESTIMATOR_KEYS)
-        for key in FLOAT_KEYS:
-            if key in est:
-                est[key] = _float(f"estimator.{key}", est[key])
-        if isinstance(est.get("dtype"), str):
-            import torch
+        from ..config import LLCConfig
 
-            name = est["dtype"].removeprefix("torch.")
-            if not isinstance(getattr(torch, name, None), torch.dtype):
-                raise SweepConfigError(
-                    f"sweep config: estimator.dtype {est['dtype']!r} is not a torch dtype."
-                )
-            est["dtype"] = getattr(torch, name)
         try:
-            out["estimator"] = LLCEstimator(**est)
-        except (TypeError, ValueError) as exc:
-            raise SweepConfigError(f"sweep config: estimator: {exc}") from exc
+            out["config"] = LLCConfig.from_dict(_settings(cfg.get("estimator")))
+        except ValueError as exc:
+            raise SweepConfigError(
+                f"sweep config: estimator: {str(exc).removeprefix('LLCConfig: ')}"
+            ) from exc
         listed, pattern = cfg.get("checkpoints"), cfg.get("checkpoints_glob")
         if (listed is None) == (pattern is None):
             raise SweepConfigError(
@@ -275,11 +309,46 @@ def _factory_parts(kind: str, result: Any) -> tuple[Any, Any, Callable, Callable
         )
     first_obj, loader, criterion = result[:3]
     unpack = result[3] if len(result) == 4 else None
-    return first_obj, loader, criterion if criterion is not None else F.cross_entropy, unpack
+    if criterion is None:
+        import torch.nn.functional as F
+
+        criterion = F.cross_entropy
+    return first_obj, loader, criterion, unpack
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+#: The columns the console shows of a finished sweep, when present: the point, then λ̂ with what says whether to
+#: trust it.
+SHOWN_COLUMNS = (
+    "learning_rate",
+    "localization",
+    "nbeta",
+    "checkpoint",
+    "llc_mean",
+    "llc_std",
+    "mala_acceptance",
+    "rhat",
+    "status",
+)
+
+
+def point_line(row: Mapping[str, Any]) -> str:
+    """What the console says of a finished point: λ̂ ± its std over chains, MALA acceptance, R-hat and status.
+
+    Examples
+    --------
+    >>> point_line({"status": "ok", "llc_mean": 12.345, "llc_std": 0.5, "mala_acceptance": 0.93, "rhat": 1.01})
+    'llc_mean=12.35 ± 0.5, acceptance 0.93, R-hat 1.01, status ok'
+    """
+    if row["status"] == "failed":
+        return f"FAILED after {row['attempts']} attempt(s): {row['error']}"
+    return (
+        f"llc_mean={_fmt(row['llc_mean'])} ± {_fmt(row['llc_std'])}, acceptance {_fmt(row['mala_acceptance'])}, "
+        f"R-hat {_fmt(row['rhat'])}, status {row['status']}"
+    )
 
 
 def run_config(
@@ -306,6 +375,9 @@ def run_config(
     factory = _import_factory(config["factory"], config["base"])
     first, loader, criterion, unpack = _factory_parts(config["kind"], factory(**config["factory_kwargs"]))
     kind = config["kind"]
+    from .checkpoints import llc_over_checkpoints
+    from .grid import AXES, LLCGridSearch
+
     total = config["grid"].n_points() if kind == "grid" else len(config["checkpoints"])
     echo(f"{kind} sweep: {total} point(s), executor={executor}, results: {Path(out_dir) / RESULTS_FILE}")
     done = [0]
@@ -313,15 +385,11 @@ def run_config(
     def progress(row: dict[str, Any]) -> None:
         done[0] += 1
         where = (
-            " ".join(f"{k}={_fmt(row[k])}" for k in ("epsilon", "gamma", "nbeta"))
+            " ".join(f"{k}={_fmt(row[k])}" for k in AXES)
             if kind == "grid"
             else f"checkpoint={row['checkpoint']}"
         )
-        if row["status"] == "ok":
-            what = f"llc_mean={_fmt(row['llc_mean'])} ± {_fmt(row['llc_std'])}"
-        else:
-            what = f"FAILED after {row['attempts']} attempt(s): {row['error']}"
-        echo(f"[{done[0]}] point {row['point']}: {where}: {what} ({row['wall_seconds']:.2f} s)")
+        echo(f"[{done[0]}] point {row['point']}: {where}: {point_line(row)} ({row['wall_seconds']:.2f} s)")
 
     common = {
         "criterion_fn": criterion,
@@ -339,7 +407,7 @@ def run_config(
         df = LLCGridSearch(config["grid"]).run_grid_search(first, loader, **common)
     else:
         df = llc_over_checkpoints(
-            config["checkpoints"], first, loader, config["estimator"], labels=config["labels"], **common
+            config["checkpoints"], first, loader, config["config"], labels=config["labels"], **common
         )
     return df, Path(out_dir)
 
@@ -393,10 +461,7 @@ def register(app: typer.Typer) -> None:
         except RuntimeError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
-        shown = [
-            c for c in ("epsilon", "gamma", "nbeta", "checkpoint", "llc_mean", "llc_std", "status") if c in df
-        ]
-        typer.echo(df[shown].to_string())
+        typer.echo(df[[c for c in SHOWN_COLUMNS if c in df]].to_string())
         if plot:
             from .plots import plot_grid, plot_llc_over_checkpoints
 

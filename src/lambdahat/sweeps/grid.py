@@ -1,4 +1,4 @@
-"""Grid search over the sampler's hyper-parameters ε (``learning_rate``), γ (``localization``) and nβ.
+"""Grid search over the sampler's hyper-parameters ``learning_rate`` (ε), ``localization`` (γ) and ``nbeta`` (nβ).
 
 Every point of the grid is one LLC estimate of the same model at ``w*``; they share the seed (so differences
 between points are not seed noise) and the loss at ``w*``, ``L0``, which does not depend on ε, γ or nβ and is
@@ -9,10 +9,9 @@ step size is too large or the chains too short at that setting; :func:`~lambdaha
 from __future__ import annotations
 
 import copy
-import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import LLCConfig
 from ..data import dataset_size
-from ..estimator import LLCEstimator, nbeta_from_effective_size
 from ..functional import select_parameters
-from ..problem import Problem
+from ..problem import Problem, nbeta_from_effective_size
 from ..rng import resolve_seed
 from .runner import (
     callable_name,
@@ -40,41 +39,40 @@ from .runner import (
 )
 from .store import stored_seed
 
-__all__ = ["GridSearchConfig", "LLCGridSearch", "grid_values"]
+__all__ = ["AXES", "GridSearchConfig", "LLCGridSearch", "grid_values"]
 
-GAMMA_SPACINGS = ("linear", "log")
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+#: The grid's axes, outermost first: ``LLCConfig`` fields, also the first columns of the table.
+AXES = ("learning_rate", "localization", "nbeta")
+#: The seed's names, accepted by the ``GridSearchConfig`` constructor (and in sweep files) and nowhere else.
+ALIASES = {"epsilon": "learning_rate", "gamma": "localization", "gamma_spacing": "localization_spacing"}
+#: ``GridSearchConfig``'s own settings besides the axes (the others are ``LLCConfig``'s).
+GRID_SETTINGS = ("estimates_per_dim", "localization_spacing")
+SPACINGS = ("linear", "log")
+DEFAULT_ESTIMATES_PER_DIM = 5
 
 AxisSpec = float | tuple[float, float] | Sequence[float]
 
 
-def _number(where: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ValueError(f"GridSearchConfig: {where} must be a number; got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"GridSearchConfig: {where} must be finite; got {value!r}.")
+def _coerce(name: str, value: Any) -> Any:
+    """A NumPy scalar as a Python number (LLCConfig judges every value)."""
+    if isinstance(value, np.integer | np.floating) and not isinstance(value, np.bool_):
+        return float(value)
+    if isinstance(value, str | bytes | bool | np.bool_) or not isinstance(value, int | float):
+        raise ValueError(f"GridSearchConfig: every {name} value must be a number; got {value!r}.")
     return value
 
 
-def _check_axis(name: str, spec: Any, positive: bool) -> float | tuple[float, float] | list[float]:
-    """Normalize one axis: a scalar, a ``(lo, hi)`` range, or a list of values."""
-    bound = "> 0" if positive else ">= 0"
-    ok = (lambda v: v > 0) if positive else (lambda v: v >= 0)
+def _check_axis(
+    name: str, spec: Any, check: Callable[[float], Any]
+) -> float | tuple[float, float] | list[float]:
+    """Normalize one axis: a scalar, a ``(lo, hi)`` range, or a list of values; ``check`` judges each value."""
     if isinstance(spec, tuple):
         if len(spec) != 2:
             raise ValueError(
                 f"GridSearchConfig: a tuple means a (lo, hi) range, so {name}={spec!r} must have two numbers; "
                 f"for a list of values pass a list, e.g. {name}={list(spec)!r}."
             )
-        lo, hi = (_number(f"{name} range bound", v) for v in spec)
-        if not (ok(lo) and ok(hi)):
-            raise ValueError(f"GridSearchConfig: the {name} range {spec!r} must have bounds {bound}.")
+        lo, hi = (float(check(_coerce(f"{name} range bound", v))) for v in spec)
         if not lo < hi:
             raise ValueError(
                 f"GridSearchConfig: the {name} range {spec!r} must have lo < hi; for a fixed value pass a "
@@ -86,21 +84,15 @@ def _check_axis(name: str, spec: Any, positive: bool) -> float | tuple[float, fl
             f"GridSearchConfig: {name} must be a number, a (lo, hi) tuple or a list of numbers; got {spec!r}."
         )
     if isinstance(spec, Sequence | np.ndarray):
-        values = [_number(f"every {name} value", v) for v in np.asarray(spec, dtype=object).reshape(-1)]
+        values = [float(check(_coerce(name, v))) for v in np.asarray(spec, dtype=object).reshape(-1)]
         if not values:
             raise ValueError(f"GridSearchConfig: the {name} list is empty; give at least one value.")
-        bad = [v for v in values if not ok(v)]
-        if bad:
-            raise ValueError(f"GridSearchConfig: {name} values must be {bound}; got {bad}.")
         if len(set(values)) != len(values):
             raise ValueError(
                 f"GridSearchConfig: the {name} list {values} repeats a value; list each value once."
             )
         return values
-    value = _number(name, spec)
-    if not ok(value):
-        raise ValueError(f"GridSearchConfig: {name} must be {bound}; got {value!r}.")
-    return value
+    return float(check(_coerce(name, spec)))
 
 
 def grid_values(spec: float | tuple[float, float] | Sequence[float], num: int, spacing: str) -> list[float]:
@@ -127,151 +119,204 @@ def grid_values(spec: float | tuple[float, float] | Sequence[float], num: int, s
     return [float(spec)]
 
 
-@dataclass(frozen=True)
-class GridSearchConfig:
-    """The grid of an :class:`LLCGridSearch` and the schedule of its estimates.
+def _settings_error(exc: ValueError) -> ValueError:
+    return ValueError(f"GridSearchConfig: {str(exc).removeprefix('LLCConfig: ')}")
 
-    Each of ``epsilon`` (ε, the step size ``learning_rate``), ``gamma`` (γ, the ``localization``) and ``nbeta``
-    (nβ) is one of
+
+@dataclass(frozen=True, init=False)
+class GridSearchConfig:
+    """The grid of an :class:`LLCGridSearch`: the axes ``learning_rate`` (ε), ``localization`` (γ) and ``nbeta``
+    (nβ), and the :class:`~lambdahat.LLCConfig` settings shared by every point.
+
+    Each axis is one of
 
     - a ``(lo, hi)`` tuple: ``estimates_per_dim`` values from ``lo`` to ``hi``, both included, spaced
-      **logarithmically for ε and nβ** and **linearly for γ** unless ``gamma_spacing="log"``;
+      **logarithmically for ε and nβ** and **linearly for γ** unless ``localization_spacing="log"``;
     - a list: exactly those values;
     - a number: that value only.
 
     ``nbeta=None`` (default) uses ``n / log n`` with ``n = len(loader.dataset)``. The grid is the product of the
-    three axes, ε outermost and nβ innermost.
+    three axes, ε outermost and nβ innermost. Every value is judged by ``LLCConfig`` (ε > 0, γ >= 0, nβ > 0).
 
     Parameters
     ----------
-    epsilon, gamma, nbeta:
+    learning_rate, localization, nbeta:
         The axes (defaults: ε in ``(1e-6, 1e-4)``, γ in ``(10, 500)``, nβ = n / log n).
     estimates_per_dim:
-        Values per range (default 5; at least 2 when some axis is a range).
-    draws, chains, burnin_steps, steps_bw_draws:
-        The schedule of every estimate (defaults 200, 8, 100, 1).
-    gamma_spacing:
+        Values per ``(lo, hi)`` range (default 5, at least 2). Only for ranges: given together with a list axis
+        it is an error (a list gives exactly its values), rather than a grid other than the one meant.
+    localization_spacing:
         ``"linear"`` (default) or ``"log"``: spacing of a γ range.
-    sampler, dtype, weight_decay, restrict_to_orth_grad, bounding_box_size, sampler_options:
-        As in :class:`~lambdahat.LLCEstimator` (``dtype`` may be given by name, e.g. ``"float64"``).
+    epsilon, gamma, gamma_spacing:
+        The seed's names of ``learning_rate``, ``localization`` and ``localization_spacing``, accepted here (and in
+        sweep files) only; giving a name and its alias is an error.
+    **settings:
+        The other :class:`~lambdahat.LLCConfig` settings of every point (``draws``, ``chains``, ``burnin_steps``,
+        ``steps_bw_draws``, ``dtype``, ``sampler``, ``sampler_options``, ``weight_decay``, ``bounding_box_size``,
+        ``restrict_to_orth_grad``, ``model_mode``), with ``LLCConfig``'s defaults; they read as attributes
+        (``cfg.draws``).
+
+    Attributes
+    ----------
+    base:
+        The ``LLCConfig`` of the grid's first point (``nbeta=None`` when nβ is ``n / log n``); every point is
+        ``base.replace(learning_rate=..., localization=..., nbeta=...)``.
 
     Examples
     --------
-    >>> cfg = GridSearchConfig(epsilon=(1e-6, 1e-4), gamma=(10.0, 500.0), nbeta=57.6, estimates_per_dim=3)
-    >>> cfg.values("epsilon"), cfg.values("gamma"), cfg.n_points()
-    ([1e-06, 1e-05, 0.0001], [10.0, 255.0, 500.0], 9)
+    >>> cfg = GridSearchConfig(learning_rate=(1e-6, 1e-4), localization=(10.0, 500.0), nbeta=57.6,
+    ...                        estimates_per_dim=3, draws=100)
+    >>> cfg.values("learning_rate"), cfg.values("localization"), cfg.n_points(), cfg.draws
+    ([1e-06, 1e-05, 0.0001], [10.0, 255.0, 500.0], 9, 100)
+    >>> GridSearchConfig(epsilon=[1e-5, 1e-4], gamma=100.0).points(nbeta_default=20.0)
+    [(1e-05, 100.0, 20.0), (0.0001, 100.0, 20.0)]
     """
 
-    epsilon: AxisSpec = (1e-6, 1e-4)
-    gamma: AxisSpec = (10.0, 500.0)
-    nbeta: AxisSpec | None = None
-    estimates_per_dim: int = 5
-    draws: int = 200
-    chains: int = 8
-    burnin_steps: int = 100
-    steps_bw_draws: int = 1
-    gamma_spacing: str = "linear"
-    sampler: str = "sgld"
-    dtype: torch.dtype | str = torch.float32
-    weight_decay: float = 0.0
-    restrict_to_orth_grad: bool = False
-    bounding_box_size: float | None = None
-    sampler_options: Mapping[str, Any] | None = field(default=None)
+    learning_rate: AxisSpec
+    localization: AxisSpec
+    nbeta: AxisSpec | None
+    estimates_per_dim: int
+    localization_spacing: str
+    base: LLCConfig
 
-    def __post_init__(self) -> None:
-        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
-        if self.gamma_spacing not in GAMMA_SPACINGS:
-            raise ValueError(
-                f"GridSearchConfig: gamma_spacing must be one of {list(GAMMA_SPACINGS)}; got {self.gamma_spacing!r}."
+    def __init__(
+        self,
+        learning_rate: AxisSpec | None = None,
+        localization: AxisSpec | None = None,
+        nbeta: AxisSpec | None = None,
+        estimates_per_dim: int | None = None,
+        localization_spacing: str | None = None,
+        *,
+        epsilon: AxisSpec | None = None,
+        gamma: AxisSpec | None = None,
+        gamma_spacing: str | None = None,
+        **settings: Any,
+    ) -> None:
+        given = {"learning_rate": learning_rate, "localization": localization}
+        given["localization_spacing"] = localization_spacing
+        for alias, value in (("epsilon", epsilon), ("gamma", gamma), ("gamma_spacing", gamma_spacing)):
+            name = ALIASES[alias]
+            if value is not None and given[name] is not None:
+                raise TypeError(
+                    f"GridSearchConfig: got both {name}={given[name]!r} and {alias}={value!r}, two names of the "
+                    f"same setting; pass only {name} ({alias} is its old name)."
+                )
+            if value is not None:
+                given[name] = value
+        axes = [a for a in AXES if a in settings]
+        unknown = sorted(set(settings) - set(LLCConfig.field_names()))
+        if axes or unknown:
+            raise TypeError(
+                f"GridSearchConfig: unknown argument(s) {axes + unknown}; the grid's own are "
+                f"{[*AXES, *GRID_SETTINGS]} (aliases {list(ALIASES)}), the settings of every point "
+                f"{[f for f in LLCConfig.field_names() if f not in AXES]}."
             )
-        put("epsilon", _check_axis("epsilon", self.epsilon, positive=True))
-        put("gamma", _check_axis("gamma", self.gamma, positive=self.gamma_spacing == "log"))
-        if self.nbeta is not None:
-            put("nbeta", _check_axis("nbeta", self.nbeta, positive=True))
-        n = self.estimates_per_dim
+        spacing = "linear" if given["localization_spacing"] is None else given["localization_spacing"]
+        if spacing not in SPACINGS:
+            raise ValueError(
+                f"GridSearchConfig: localization_spacing must be one of {list(SPACINGS)}; got {spacing!r}."
+            )
+        try:
+            base = LLCConfig(**settings)
+        except ValueError as exc:
+            raise _settings_error(exc) from None
+
+        def judge(name: str, extra: Callable[[float], None] | None = None) -> Callable[[float], float]:
+            def check(value: float) -> float:
+                try:
+                    base.replace(**{name: value})
+                except ValueError as exc:
+                    raise _settings_error(exc) from None
+                if extra is not None:
+                    extra(value)
+                return value
+
+            return check
+
+        def positive_for_log(value: float) -> None:
+            if value <= 0:
+                raise ValueError(
+                    f"GridSearchConfig: a log-spaced localization needs values > 0; got {value!r}. Use "
+                    "localization_spacing='linear' for a range from 0."
+                )
+
+        lr_spec = (1e-6, 1e-4) if given["learning_rate"] is None else given["learning_rate"]
+        loc_spec = (10.0, 500.0) if given["localization"] is None else given["localization"]
+        lr = _check_axis("learning_rate", lr_spec, judge("learning_rate"))
+        loc = _check_axis(
+            "localization", loc_spec, judge("localization", positive_for_log if spacing == "log" else None)
+        )
+        nb = None if nbeta is None else _check_axis("nbeta", nbeta, judge("nbeta"))
+        specs = {"learning_rate": lr, "localization": loc, "nbeta": nb}
+        n = DEFAULT_ESTIMATES_PER_DIM if estimates_per_dim is None else estimates_per_dim
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"GridSearchConfig: estimates_per_dim must be an int >= 1; got {n!r}.")
-        ranges = [a for a in ("epsilon", "gamma", "nbeta") if isinstance(getattr(self, a), tuple)]
+        lists = [a for a, spec in specs.items() if isinstance(spec, list)]
+        if estimates_per_dim is not None and lists:
+            a = lists[0]
+            raise ValueError(
+                f"GridSearchConfig: {a} is a list, which gives exactly its values, so estimates_per_dim="
+                f"{estimates_per_dim} is ambiguous. Drop estimates_per_dim to run the listed values, or give {a} "
+                f"as a range to run {estimates_per_dim} values between lo and hi: {a}=(lo, hi) in Python, "
+                f"{a}: {{range: [lo, hi]}} in a sweep file."
+            )
+        ranges = [a for a, spec in specs.items() if isinstance(spec, tuple)]
         if ranges and n < 2:
             raise ValueError(
                 f"GridSearchConfig: {ranges} are (lo, hi) ranges, which need estimates_per_dim >= 2; got {n}. "
                 "For a fixed value pass a number."
             )
-        if isinstance(self.dtype, str):
-            if self.dtype.removeprefix("torch.") not in _DTYPES:
-                raise ValueError(
-                    f"GridSearchConfig: dtype must be one of {list(_DTYPES)}; got {self.dtype!r}."
-                )
-            put("dtype", _DTYPES[self.dtype.removeprefix("torch.")])
-        if self.sampler_options is not None and not isinstance(self.sampler_options, Mapping):
-            raise ValueError(
-                f"GridSearchConfig: sampler_options must be a mapping or None; got {self.sampler_options!r}."
-            )
-        if self.sampler_options is not None:
-            put("sampler_options", dict(self.sampler_options))
-        try:
-            self.estimator()
-        except ValueError as exc:
-            raise ValueError(f"GridSearchConfig: {str(exc).removeprefix('LLCEstimator: ')}") from exc
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        for name, spec in specs.items():
+            put(name, spec)
+        put("estimates_per_dim", n)
+        put("localization_spacing", spacing)
+        first = {a: (v[0] if v else None) for a, v in ((a, self.values(a)) for a in AXES)}
+        put("base", base.replace(**first))
+
+    def __getattr__(self, name: str) -> Any:
+        # the shared settings read as attributes: cfg.draws, cfg.dtype, ...
+        if name != "base" and name in LLCConfig.field_names():
+            return getattr(self.base, name)
+        raise AttributeError(f"GridSearchConfig has no attribute {name!r}")
 
     def values(self, axis: str, nbeta_default: float | None = None) -> list[float]:
-        """The values of ``axis`` (``"epsilon"``, ``"gamma"`` or ``"nbeta"``); ``nbeta=None`` gives
+        """The values of ``axis`` (``"learning_rate"``, ``"localization"`` or ``"nbeta"``); ``nbeta=None`` gives
         ``[nbeta_default]`` (``[]`` when that is unknown)."""
-        if axis not in ("epsilon", "gamma", "nbeta"):
-            raise ValueError(
-                f"GridSearchConfig.values: axis must be 'epsilon', 'gamma' or 'nbeta'; got {axis!r}."
-            )
+        if axis not in AXES:
+            raise ValueError(f"GridSearchConfig.values: axis must be one of {list(AXES)}; got {axis!r}.")
         spec = getattr(self, axis)
         if spec is None:
             return [] if nbeta_default is None else [float(nbeta_default)]
-        spacing = {"epsilon": "log", "gamma": self.gamma_spacing, "nbeta": "log"}[axis]
+        spacing = {"learning_rate": "log", "localization": self.localization_spacing, "nbeta": "log"}[axis]
         return grid_values(spec, self.estimates_per_dim, spacing)
 
     def n_points(self) -> int:
         """Number of grid points (nβ=None counts as one value)."""
         count = 1
-        for axis in ("epsilon", "gamma", "nbeta"):
+        for axis in AXES:
             count *= max(1, len(self.values(axis)))
         return count
 
     def points(self, nbeta_default: float | None = None) -> list[tuple[float, float, float]]:
-        """All ``(epsilon, gamma, nbeta)`` points, ε outermost, nβ innermost."""
-        eps, gam, nb = (self.values(a, nbeta_default) for a in ("epsilon", "gamma", "nbeta"))
-        if not nb:
+        """All ``(learning_rate, localization, nbeta)`` points, ε outermost, nβ innermost."""
+        lrs, locs, nbs = (self.values(a, nbeta_default) for a in AXES)
+        if not nbs:
             raise ValueError(
                 "GridSearchConfig.points: nbeta=None needs nbeta_default (n / log n of the data)."
             )
-        return [(e, g, b) for e in eps for g in gam for b in nb]
-
-    def estimator(self) -> LLCEstimator:
-        """The estimator that runs every point (ε, γ and nβ are set per point)."""
-        eps = self.values("epsilon")[0]
-        return LLCEstimator(
-            draws=self.draws,
-            chains=self.chains,
-            burnin_steps=self.burnin_steps,
-            steps_bw_draws=self.steps_bw_draws,
-            learning_rate=eps,
-            localization=self.values("gamma")[0],
-            nbeta=None,
-            dtype=self.dtype,
-            sampler=self.sampler,
-            weight_decay=self.weight_decay,
-            restrict_to_orth_grad=self.restrict_to_orth_grad,
-            bounding_box_size=self.bounding_box_size,
-            sampler_options=self.sampler_options,
-        )
+        return [(e, g, b) for e in lrs for g in locs for b in nbs]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields (a range as ``{"range": [lo, hi]}``, ``dtype`` by name)."""
+        """JSON-able definition: the axes (a range as ``{"range": [lo, hi]}``), ``estimates_per_dim``,
+        ``localization_spacing`` and the shared ``LLCConfig`` settings (``dtype`` by name)."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = {"range": list(value)}
-            elif isinstance(value, torch.dtype):
-                value = str(value).removeprefix("torch.")
-            out[f.name] = value
+        for axis in AXES:
+            spec = getattr(self, axis)
+            out[axis] = {"range": list(spec)} if isinstance(spec, tuple) else spec
+        out["estimates_per_dim"] = self.estimates_per_dim
+        out["localization_spacing"] = self.localization_spacing
+        out.update({k: v for k, v in self.base.to_dict().items() if k not in AXES})
         return out
 
 
@@ -287,7 +332,7 @@ def _grid_point(shared: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str,
     if problem is None:
         _PROBLEM.clear()
         problem = _PROBLEM[shared["token"]] = problem_for(shared["model"], shared["loader"], base, options)
-    config = base.replace(learning_rate=task["epsilon"], localization=task["gamma"], nbeta=task["nbeta"])
+    config = base.replace(**{axis: task[axis] for axis in AXES})
     return result_row(estimate(problem, config, options))
 
 
@@ -312,18 +357,21 @@ class LLCGridSearch:
     >>> import torch, torch.nn.functional as F
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0)); y = x @ torch.ones(4, 1)
-    >>> cfg = GridSearchConfig(epsilon=[1e-4, 1e-3], gamma=100.0, nbeta=10.0, draws=10, chains=2, burnin_steps=5)
+    >>> cfg = GridSearchConfig(learning_rate=[1e-4, 1e-3], localization=100.0, nbeta=10.0, draws=10, chains=2,
+    ...                        burnin_steps=5)
     >>> df = LLCGridSearch(cfg).run_grid_search(torch.nn.Linear(4, 1), DataLoader(TensorDataset(x, y), batch_size=32),
     ...                                         criterion_fn=F.mse_loss, seed=0, compile=False, show_progress=False)
-    >>> df[["epsilon", "gamma", "nbeta", "status"]].values.tolist()
-    [[0.0001, 100.0, 10.0, 'ok'], [0.001, 100.0, 10.0, 'ok']]
+    >>> df[["learning_rate", "localization", "nbeta"]].values.tolist()
+    [[0.0001, 100.0, 10.0], [0.001, 100.0, 10.0]]
+    >>> list(df.columns[3:8])
+    ['llc_mean', 'llc_std', 'loss_mean', 'loss_std', 'llc_stderr']
     """
 
     def __init__(self, config: GridSearchConfig) -> None:
         if not isinstance(config, GridSearchConfig):
             raise TypeError(
                 f"LLCGridSearch: config must be a GridSearchConfig; got {type(config).__name__}. Build one with "
-                "GridSearchConfig(epsilon=(lo, hi), gamma=(lo, hi), nbeta=...)."
+                "GridSearchConfig(learning_rate=(lo, hi), localization=(lo, hi), nbeta=...)."
             )
         self.config = config
         #: The table of the last :meth:`run_grid_search`.
@@ -388,12 +436,13 @@ class LLCGridSearch:
         Returns
         -------
         pandas.DataFrame
-            One row per point in grid order (ε outermost): ``epsilon, gamma, nbeta, llc_mean, llc_std, loss_mean,
-            loss_std`` (``loss_*``: the final draw's loss over the chains, as ``get_metrics()["losses_mean"]``),
-            ``llc_stderr, init_loss, mala_acceptance, rhat, ess, n_diverged`` (chains that diverged),
-            ``status`` (``"ok"`` or ``"failed"``), ``error`` (``"Type: message"`` of a failed point), ``seed,
-            wall_seconds, attempts`` and ``warnings`` (the estimator's advice, ``"; "``-joined). The index is the
-            point's number in the sweep (the ``point`` column of ``results.csv``).
+            One row per point in grid order (ε outermost): ``learning_rate, localization, nbeta, llc_mean,
+            llc_std, loss_mean, loss_std`` (``loss_*``: the final draw's loss over the chains, as
+            ``get_metrics()["losses_mean"]``), ``llc_stderr, init_loss, mala_acceptance, rhat, ess, n_diverged``
+            (chains that diverged), ``status`` (the trust policy's verdict, ``"ok"``, ``"untrusted: <reasons>"`` or
+            ``"diverged"``, or ``"failed"`` for a point that raised), ``error`` (``"Type: message"`` of a failed
+            point), ``seed, wall_seconds, attempts`` and ``warnings`` (the estimator's advice, ``"; "``-joined). The
+            index is the point's number in the sweep (the ``point`` column of ``results.csv``).
         """
         cfg = self.config
         check_run_options(executor, address, devices, ray_resources, max_retries)
@@ -412,8 +461,7 @@ class LLCGridSearch:
         if seed is None and resume and not overwrite:
             seed = stored_seed(out_dir)
         seed = resolve_seed(seed)
-        points = [{"epsilon": e, "gamma": g, "nbeta": b} for e, g, b in cfg.points(nbeta_default)]
-        estimator = cfg.estimator()
+        points = [dict(zip(AXES, point)) for point in cfg.points(nbeta_default)]
         options = {
             "criterion_fn": criterion_fn,
             "unpack_fn": unpack_fn,
@@ -425,7 +473,7 @@ class LLCGridSearch:
         }
         config = {
             "grid": cfg.to_dict(),
-            "values": {a: [p[a] for p in points] for a in ("epsilon", "gamma", "nbeta")},
+            "values": {a: [p[a] for p in points] for a in AXES},
             "seed": seed,
             "criterion_fn": callable_name(criterion_fn),
             "unpack_fn": callable_name(unpack_fn),
@@ -437,12 +485,12 @@ class LLCGridSearch:
             df = run_sweep(
                 kind="grid",
                 points=points,
-                point_columns=[("epsilon", "float"), ("gamma", "float"), ("nbeta", "float")],
+                point_columns=[(axis, "float") for axis in AXES],
                 fn=_grid_point,
                 shared={
                     "model": _shippable(model, executor),
                     "loader": loader,
-                    "config": estimator.config,
+                    "config": cfg.base,
                     "options": options,
                     "token": uuid.uuid4().hex,
                 },
