@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lambdahat
+from lambdahat.samplers import Info
 from lambdahat import LLCEstimator, LLCResult, nbeta_from_effective_size
 
 
@@ -315,7 +316,7 @@ def test_one_diverged_chain_is_excluded_from_the_mean(tiny_model, loader):
 
     est = LLCEstimator(**FAST)
     r = est.run(tiny_model, loader, seed=0, compile=False, show_progress=False, warn=False)
-    trace = torch.stack([r.loss_trace, r.loss_trace, r.loss_trace, r.loss_trace, r.loss_trace])
+    trace = torch.stack([r.loss_trace] * len(Info._fields))
     trace[0, 1, 7:] = float("nan")  # chain 1 diverges at step 7
     with pytest.warns(RuntimeWarning, match=r"chains \[1\] diverged"):
         bad = LLCResult.from_trace(trace, est.schedule, r.init_loss, r.nbeta, 1e-3, 10.0, 0, {})

@@ -50,6 +50,8 @@ GOOD = dict(
     diverged=[],
     chains=4,
     llc_mean=3.0,
+    temperature=1.01,
+    temperature_stderr=0.01,
 )
 
 FIELD = {name: i for i, name in enumerate(Info._fields)}
@@ -69,12 +71,13 @@ def synthetic(acceptance: float = 0.95, distance_slope: float = 0.0, seed: int =
     trace[FIELD["noise_norm"]] = 1.0
     noise = 0.01 * torch.randn(CHAINS, steps, generator=g, dtype=torch.float64)
     trace[FIELD["distance"]] = 1.0 + distance_slope * torch.arange(steps, dtype=torch.float64) + noise
+    trace[FIELD["virial"]] = 1.0 + 0.01 * torch.randn(CHAINS, steps, generator=g, dtype=torch.float64)
     return trace
 
 
 def from_trace(trace: torch.Tensor, sampler: str = "sgld", warn: bool = False) -> LLCResult:
     schedule = Schedule(draws=DRAWS, burnin_steps=BURNIN, steps_bw_draws=1)
-    settings = {"sampler": sampler, "burnin_steps": BURNIN, "steps_bw_draws": 1}
+    settings = {"sampler": sampler, "burnin_steps": BURNIN, "steps_bw_draws": 1, "dim": 1}
     return LLCResult.from_trace(trace, schedule, INIT_LOSS, NBETA, 1e-3, 10.0, 0, settings, warn=warn)
 
 
@@ -104,6 +107,8 @@ def test_good_numbers_are_ok():
         ),
         (dict(diverged=[2]), "1 of 4 chains diverged", "chains [2] diverged"),
         (dict(llc_mean=-1.5), "λ̂ = -1.5 < 0", "not a local minimum"),
+        (dict(temperature=1.3), "temperature 1.30 ≠ 1", "lower learning_rate"),
+        (dict(temperature=0.5), "temperature 0.50 ≠ 1", "raise burnin_steps"),
     ],
 )
 def test_each_threshold_crossed_makes_the_estimate_untrusted(change, reason, advice):
@@ -125,6 +130,16 @@ def test_numbers_on_the_thresholds_pass():
         }
     )
     assert v.ok
+
+
+def test_a_temperature_within_its_noise_or_tolerance_passes():
+    assert assess(**{**GOOD, "temperature": 1.3, "temperature_stderr": 0.1}).ok  # 3 standard errors
+    assert assess(**{**GOOD, "temperature": 1.09, "temperature_stderr": 0.001}).ok  # within ± 0.1
+
+
+def test_an_unknown_temperature_is_a_note_not_a_pass_in_silence():
+    v = assess(**{**GOOD, "temperature": math.nan})
+    assert v.ok and "temperature not checked" in v.notes[0]
 
 
 def test_a_shrinking_distance_is_not_a_growing_one():
@@ -173,7 +188,9 @@ def test_a_nan_acceptance_is_never_silent():
     v = assess(**{**GOOD, "acceptance": math.nan})
     assert v.ok and len(v.notes) == 1 and "MALA acceptance not checked" in v.notes[0]
     one_chain = assess(acceptance=0.95, chains=1, llc_mean=1.0)
-    assert one_chain.ok and "not checked: R-hat, ESS, loss drift, distance growth" in one_chain.notes[0]
+    assert one_chain.ok and any(
+        "not checked: R-hat, ESS, loss drift, distance growth" in n for n in one_chain.notes
+    )
 
 
 def test_assess_refuses_an_unknown_acceptance_kind():

@@ -14,22 +14,26 @@ import pytest
 import torch
 
 from lambdahat import truth
-from lambdahat.truth import cases, formulas, potentials, quadrature, references
 from lambdahat.truth import (
     PotentialModel,
     TruthCase,
+    cases,
     deep_linear_case,
     default_cases,
+    formulas,
     half_squared_error,
     monomial_case,
     monomial_potential,
     multiplicity_monomial,
     posterior_mean_nbeta_k_numeric,
     potential_case,
+    potentials,
     quadratic_potential,
+    quadrature,
     radial_case,
     radial_potential,
     reduced_rank_case,
+    references,
     regular_case,
     regular_posterior_mean_nbeta_k,
     rlct_deep_linear,

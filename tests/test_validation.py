@@ -189,3 +189,10 @@ def test_the_reference_kinds_of_the_default_cases():
         "dln_4-3-3-4_r1": ("NoneType", "λ"),
         "dln_5-4-5_r0": ("NoneType", "λ"),
     }
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(validation, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

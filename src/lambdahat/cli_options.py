@@ -263,16 +263,22 @@ def build_config(values: Mapping[str, Any], option_names: Mapping[str, str] | No
 
 
 def _own_option_names(signature: inspect.Signature) -> set[str]:
+    """The option strings a Typer command function already declares (``--x``, ``--no-x``, ...)."""
     names = set()
     for p in signature.parameters.values():
-        for meta in getattr(p.annotation, "__metadata__", ()):
-            if isinstance(meta, typer.models.OptionInfo):
-                decls = [meta.default] if isinstance(meta.default, str) else []
-                decls += list(meta.param_decls or ())
-                if not decls:
-                    decls = [option_name(p.name)]
-                for decl in decls:
-                    names.update(d for d in decl.split("/") if d)
+        infos = [
+            m for m in getattr(p.annotation, "__metadata__", ()) if isinstance(m, typer.models.ParameterInfo)
+        ]
+        info = infos[0] if infos else p.default if isinstance(p.default, typer.models.ParameterInfo) else None
+        if isinstance(info, typer.models.ArgumentInfo) or (
+            info is None and p.default is inspect.Parameter.empty
+        ):
+            continue
+        decls = list(info.param_decls or ()) if info is not None else []
+        if infos and isinstance(info.default, str) and info.default.startswith("-"):
+            decls.append(info.default)  # Annotated[..., typer.Option("--name")]
+        for decl in decls or [option_name(p.name)]:
+            names.update(d for d in decl.split("/") if d)
     return names
 
 
@@ -372,7 +378,8 @@ def llc_options(
                 source = ctx.get_parameter_source(f"{param}__{n}") if ctx is not None else None
                 if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
                     raise typer.BadParameter(
-                        f"the old spelling of {decls[n]}, which is given too; give {decls[n]} only.", param_hint=alias
+                        f"the old spelling of {decls[n]}, which is given too; give {decls[n]} only.",
+                        param_hint=alias,
                     )
                 typer.echo(f"warning: {alias} is deprecated; use {decls[n]}.", err=True)
                 values[n] = value

@@ -29,6 +29,19 @@ def _caller_level() -> int:
     return level
 
 
+def _temperature(virial: torch.Tensor, settings: dict[str, Any]) -> tuple[float, float]:
+    """Configurational temperature of the draws ``[kept chains, draws]`` and its standard error across chains."""
+    dim = settings.get("dim")
+    if not dim or settings.get("bounding_box_size") is not None or len(virial) == 0:
+        return math.nan, math.nan
+    directions = dim - (1 if settings.get("restrict_to_orth_grad") else 0)
+    per_chain = virial.mean(dim=1) / directions
+    if not torch.isfinite(per_chain).all():
+        return math.nan, math.nan
+    stderr = float(per_chain.std() / math.sqrt(len(per_chain))) if len(per_chain) > 1 else math.nan
+    return float(per_chain.mean()), stderr
+
+
 @dataclass(frozen=True)
 class LLCResult:
     """Everything an LLC run produced. Traces are ``(chain, draw)`` CPU tensors.
@@ -73,6 +86,11 @@ class LLCResult:
     trend_z, distance_trend_z:
         The across-chain trend t statistics (:func:`~lambdahat.diagnostics.trend_z`) of the loss and of the
         distance ``||w − w*||`` over the draws.
+    temperature, temperature_stderr:
+        The configurational temperature of the draws, ``T = mean (w − w*)·∇U(w) / d`` over the draws of the kept
+        chains (``d`` sampled directions), which is exactly 1 under the posterior (see
+        :func:`lambdahat.samplers.base.virial`), and its standard error across chains. NaN with a bounding box
+        (the identity then has boundary terms) or when ``settings`` do not give ``dim``.
     warnings:
         The trust policy's plain-language sentences, one per problem (:attr:`lambdahat.trust.Verdict.advice`).
     settings:
@@ -116,6 +134,8 @@ class LLCResult:
     acceptance_kind: str = "gradient estimate"
     distance_trend_z: float = math.nan
     per_sample_losses: torch.Tensor | None = None
+    temperature: float = math.nan
+    temperature_stderr: float = math.nan
 
     @classmethod
     def from_trace(
@@ -165,6 +185,7 @@ class LLCResult:
         ess = diagnostics.effective_sample_size(losses[ok].numpy())
         trend = diagnostics.trend_z(losses[ok].numpy())
         dist_trend = diagnostics.trend_z(distance[ok].numpy())
+        temperature, temperature_stderr = _temperature(fields["virial"][:, draw_steps][ok], settings)
         sampler = settings.get("sampler")
         kind = settings.get("acceptance_kind") or trust.acceptance_kind(sampler)
         verdict = trust.assess(
@@ -177,6 +198,8 @@ class LLCResult:
             distance_trend_p=diagnostics.trend_p_value(dist_trend, n_kept),
             distance_trend_z=dist_trend,
             distance_growth=diagnostics.half_growth(distance[ok].numpy()),
+            temperature=temperature,
+            temperature_stderr=temperature_stderr,
             diverged=torch.nonzero(diverged).flatten().tolist(),
             chains=len(llcs),
             llc_mean=llc_mean,
@@ -215,6 +238,8 @@ class LLCResult:
             acceptance_kind=kind,
             distance_trend_z=dist_trend,
             per_sample_losses=None if per_sample_losses is None else per_sample_losses.float(),
+            temperature=temperature,
+            temperature_stderr=temperature_stderr,
         )
 
     @property
@@ -258,6 +283,8 @@ class LLCResult:
             "ess": self.ess,
             "trend_z": self.trend_z,
             "distance_trend_z": self.distance_trend_z,
+            "temperature": self.temperature,
+            "temperature_stderr": self.temperature_stderr,
             "grad_norm": self.grad_norm,
             "noise_norm": self.noise_norm,
             "distance": self.distance,

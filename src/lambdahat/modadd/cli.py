@@ -4,6 +4,11 @@ Every command that trains or estimates runs PyTorch on ``--threads`` intra-op th
 models are tiny, and on a loaded 2-core machine one thread measured about 3x faster for training (6 s against
 18 s for the default run) and 8-10x faster for λ̂ (2 s against 20 s per checkpoint), with bitwise identical
 results. The library functions never change the thread count; only these commands do.
+
+The λ̂ options of ``llc`` and ``sweep-p`` are generated from :class:`~lambdahat.LLCConfig`
+(:mod:`lambdahat.cli_options`) with modular addition's measured defaults (:mod:`lambdahat.modadd.llc`); the
+sampler's weight decay is ``--llc-weight-decay`` because ``--weight-decay`` is the training's. Nothing here imports
+torch until a command runs, so ``--help`` is quick.
 """
 
 from __future__ import annotations
@@ -15,23 +20,47 @@ import warnings
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
 
-from lambdahat.modadd.llc import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BURNIN_STEPS,
-    DEFAULT_CHAINS,
-    DEFAULT_DRAWS,
-    DEFAULT_LEARNING_RATE,
-    DEFAULT_LOCALIZATION,
-)
-from lambdahat.modadd.train import ExperimentParams
+from lambdahat.cli_options import llc_options, source_constants, source_defaults
 
 __all__ = ["register"]
 
-_D = ExperimentParams()
+#: ExperimentParams' defaults, read from its source (importing lambdahat.modadd.train would import torch).
+_D = SimpleNamespace(**source_defaults("lambdahat.modadd.train", "ExperimentParams"))
+_LLC_DEFAULTS = source_constants(
+    "lambdahat.modadd.llc",
+    "DEFAULT_LOCALIZATION",
+    "DEFAULT_LEARNING_RATE",
+    "DEFAULT_DRAWS",
+    "DEFAULT_BURNIN_STEPS",
+    "DEFAULT_CHAINS",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_RESTRICT_TO_ORTH_GRAD",
+)
+DEFAULT_BATCH_SIZE = _LLC_DEFAULTS["DEFAULT_BATCH_SIZE"]
+#: The LLCConfig settings that llc_over_training and p_sweep take, with their modular-addition defaults.
+LLC_FIELDS = (
+    "draws",
+    "chains",
+    "burnin_steps",
+    "learning_rate",
+    "localization",
+    "nbeta",
+    "weight_decay",
+    "restrict_to_orth_grad",
+)
+LLC_DEFAULTS = {
+    "draws": _LLC_DEFAULTS["DEFAULT_DRAWS"],
+    "chains": _LLC_DEFAULTS["DEFAULT_CHAINS"],
+    "burnin_steps": _LLC_DEFAULTS["DEFAULT_BURNIN_STEPS"],
+    "learning_rate": _LLC_DEFAULTS["DEFAULT_LEARNING_RATE"],
+    "localization": _LLC_DEFAULTS["DEFAULT_LOCALIZATION"],
+    "restrict_to_orth_grad": _LLC_DEFAULTS["DEFAULT_RESTRICT_TO_ORTH_GRAD"],
+}
 _TRAIN = "Training (ExperimentParams)"
 _LLC = "λ̂ estimation"
 _RUN = "Running"
@@ -127,6 +156,16 @@ def _checkpoint_index(run, checkpoint: int, hint: str = "--checkpoint") -> int:
         raise typer.BadParameter(str(exc), param_hint=hint) from None
 
 
+#: What the console shows next to every λ̂: whether to trust it.
+TRUST_COLUMNS = ("mala_acceptance", "rhat", "status")
+
+
+def _echo_table(df, columns) -> None:
+    """Print the columns of ``df`` that it has (4 significant digits)."""
+    shown = [c for c in columns if c in df.columns]
+    typer.echo(df[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
 def _wrote(paths) -> None:
     for p in paths:
         typer.echo(f"wrote {p}")
@@ -140,80 +179,22 @@ def _timestamped(prefix: str) -> Path:
     return path
 
 
-def _llc_options(
-    localization: float,
-    learning_rate: float,
-    draws: int,
-    burnin_steps: int,
-    chains: int,
-    batch_size: int,
-    nbeta: float | None,
-    restrict_to_orth_grad: bool,
-    weight_decay: float,
-    seed: int,
-) -> dict[str, Any]:
-    return {
-        "localization": localization,
-        "learning_rate": learning_rate,
-        "draws": draws,
-        "burnin_steps": burnin_steps,
-        "chains": chains,
-        "batch_size": batch_size,
-        "nbeta": nbeta,
-        "restrict_to_orth_grad": restrict_to_orth_grad,
-        "weight_decay": weight_decay,
-        "seed": seed,
-    }
+def _modadd_llc(config) -> dict[str, Any]:
+    """The settings of ``config`` that llc_over_training and p_sweep take."""
+    return {name: getattr(config, name) for name in LLC_FIELDS}
+
+
+_llc_options = llc_options(
+    fields=LLC_FIELDS,
+    defaults=LLC_DEFAULTS,
+    names={"weight_decay": "--llc-weight-decay"},
+    aliases={"learning_rate": "--epsilon", "localization": "--gamma"},
+    panel=_LLC,
+)
 
 
 # Shared option declarations (one name per concept, the same in every command).
 Threads = Annotated[int, typer.Option(min=1, help=THREADS_HELP, rich_help_panel=_RUN)]
-Localization = Annotated[
-    float,
-    typer.Option(
-        "--localization",
-        "--gamma",
-        min=0.0,
-        help="γ, the pull towards w* (--gamma is the hackathon's name).",
-        rich_help_panel=_LLC,
-    ),
-]
-LearningRate = Annotated[
-    float,
-    typer.Option(
-        "--learning-rate",
-        "--epsilon",
-        min=0.0,
-        help="ε, the SGLD step size (--epsilon is the hackathon's name).",
-        rich_help_panel=_LLC,
-    ),
-]
-Draws = Annotated[int, typer.Option(min=1, help="Draws per chain after burn-in.", rich_help_panel=_LLC)]
-Burnin = Annotated[
-    int, typer.Option(min=0, help="Discarded steps before the first draw.", rich_help_panel=_LLC)
-]
-Chains = Annotated[int, typer.Option(min=1, help="Independent SGLD chains.", rich_help_panel=_LLC)]
-Nbeta = Annotated[
-    float | None,
-    typer.Option(min=0.0, help="nβ (default n / log n of the training split).", rich_help_panel=_LLC),
-]
-Orth = Annotated[
-    bool,
-    typer.Option(
-        "--restrict-to-orth-grad/--no-restrict-to-orth-grad",
-        help="Sample orthogonally to the full-batch gradient at w*.",
-        rich_help_panel=_LLC,
-    ),
-]
-SamplerWD = Annotated[
-    float,
-    typer.Option(
-        "--llc-weight-decay",
-        min=0.0,
-        help="Extra (wd/2)||w||² in the sampled potential.",
-        rich_help_panel=_LLC,
-    ),
-]
 Seed = Annotated[
     int, typer.Option(help="Master seed of the chains (the same at every checkpoint).", rich_help_panel=_LLC)
 ]
@@ -293,7 +274,7 @@ def register(app: typer.Typer) -> None:
         The defaults train a GELU network on p = 53 that memorizes its half of the pairs by step ~1000 and generalizes by step ~1600 (about 6 s on one thread).
         """
         from lambdahat.modadd.report import write_training_curves
-        from lambdahat.modadd.train import train
+        from lambdahat.modadd.train import ExperimentParams, train
 
         try:
             params = ExperimentParams(
@@ -336,25 +317,18 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"run directory: {out}")
 
     @sub.command("llc")
+    @_llc_options
     def llc_cmd(
         run_dir: Annotated[Path, typer.Argument(help="A run directory written by `lambdahat modadd train`.")],
         out: Annotated[
             Path | None, typer.Option("--out", "-o", help="Output directory (default: RUN_DIR/llc).")
         ] = None,
-        localization: Localization = DEFAULT_LOCALIZATION,
-        learning_rate: LearningRate = DEFAULT_LEARNING_RATE,
-        draws: Draws = DEFAULT_DRAWS,
-        burnin_steps: Burnin = DEFAULT_BURNIN_STEPS,
-        chains: Chains = DEFAULT_CHAINS,
         batch_size: Annotated[
             int,
             typer.Option(
                 "--batch-size", "--llc-batch-size", min=1, help="SGLD minibatch size.", rich_help_panel=_LLC
             ),
         ] = DEFAULT_BATCH_SIZE,
-        nbeta: Nbeta = None,
-        restrict_to_orth_grad: Orth = True,
-        llc_weight_decay: SamplerWD = 0.0,
         seed: Seed = 0,
         checkpoints: Annotated[
             str | None,
@@ -373,6 +347,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Discard λ̂ results stored in OUT/sweep (with other settings) and start again."),
         ] = False,
         threads: Threads = 1,
+        *,
+        config: Any,
     ) -> None:
         """Estimate λ̂ at every checkpoint of RUN_DIR; write llc_over_training.csv and .png.
 
@@ -389,24 +365,14 @@ def register(app: typer.Typer) -> None:
             ]
         out = out if out is not None else run_dir / "llc"
         _set_threads(threads)
-        opts = _llc_options(
-            localization,
-            learning_rate,
-            draws,
-            burnin_steps,
-            chains,
-            batch_size,
-            nbeta,
-            restrict_to_orth_grad,
-            llc_weight_decay,
-            seed,
-        )
         t = time.perf_counter()
         with _warnings_to_stderr():
             try:
                 df = llc_over_training(
                     run,
-                    **opts,
+                    **_modadd_llc(config),
+                    batch_size=batch_size,
+                    seed=seed,
                     checkpoints=indices,
                     out_dir=out / "sweep",
                     overwrite=overwrite,
@@ -418,6 +384,7 @@ def register(app: typer.Typer) -> None:
                 raise _fail(str(exc)) from None
             except (RuntimeError, ImportError) as exc:
                 raise _fail(str(exc), code=1) from None
+        _echo_table(df, ["checkpoint", "step", "llc_mean", "llc_stderr", *TRUST_COLUMNS])
         typer.echo(
             f"λ̂ at {len(df)} checkpoint(s) in {time.perf_counter() - t:.1f} s: peak {summary.peak:.2f} ± "
             f"{summary.peak_stderr:.2f} at step {summary.peak_step}, final {summary.final:.2f} ± "
@@ -477,6 +444,7 @@ def register(app: typer.Typer) -> None:
         _wrote([path])
 
     @sub.command("sweep-p")
+    @_llc_options
     def sweep_p_cmd(
         ps: Annotated[str, typer.Option("--ps", help="Comma-separated moduli, e.g. 17,23,29.")] = "17,23,29",
         out: Annotated[
@@ -508,28 +476,23 @@ def register(app: typer.Typer) -> None:
         n_save_model_checkpoints: Annotated[
             int, typer.Option(min=2, rich_help_panel=_TRAIN)
         ] = _D.n_save_model_checkpoints,
-        localization: Localization = DEFAULT_LOCALIZATION,
-        learning_rate: LearningRate = DEFAULT_LEARNING_RATE,
-        draws: Draws = DEFAULT_DRAWS,
-        burnin_steps: Burnin = DEFAULT_BURNIN_STEPS,
-        chains: Chains = DEFAULT_CHAINS,
         llc_batch_size: Annotated[
             int, typer.Option(min=1, help="SGLD minibatch size.", rich_help_panel=_LLC)
         ] = DEFAULT_BATCH_SIZE,
-        nbeta: Nbeta = None,
-        restrict_to_orth_grad: Orth = True,
-        llc_weight_decay: SamplerWD = 0.0,
         seed: Seed = 0,
         overwrite: Annotated[
             bool, typer.Option(help="Retrain runs in OUT that have other parameters.")
         ] = False,
         threads: Threads = 1,
+        *,
+        config: Any,
     ) -> None:
         """Train one model per p (and run id, and with random labels) and plot the final λ̂ against p.
 
         Writes OUT/p_sweep.csv, OUT/llc_vs_p.png and the runs under OUT/runs/ (complete runs found there are reused, so an interrupted sweep resumes). Three ps with the control take about a minute.
         """
         from lambdahat.modadd.sweep import SWEEP_TABLE, p_sweep, plot_llc_vs_p
+        from lambdahat.modadd.train import ExperimentParams
 
         p_list = _int_list(ps, "--ps")
         if min(p_list) < 2:
@@ -551,18 +514,6 @@ def register(app: typer.Typer) -> None:
             raise _fail(str(exc)) from None
         out = out if out is not None else _timestamped("modadd-sweep")
         _set_threads(threads)
-        opts = _llc_options(
-            localization,
-            learning_rate,
-            draws,
-            burnin_steps,
-            chains,
-            llc_batch_size,
-            nbeta,
-            restrict_to_orth_grad,
-            llc_weight_decay,
-            seed,
-        )
         t = time.perf_counter()
         with _warnings_to_stderr():
             try:
@@ -573,7 +524,9 @@ def register(app: typer.Typer) -> None:
                     run_ids=ids,
                     random_label_control=random_label_control,
                     overwrite=overwrite,
-                    **opts,
+                    **_modadd_llc(config),
+                    batch_size=llc_batch_size,
+                    seed=seed,
                 )
             except (ValueError, TypeError, FileExistsError) as exc:
                 raise _fail(str(exc)) from None
@@ -581,17 +534,8 @@ def register(app: typer.Typer) -> None:
                 raise _fail(str(exc), code=1) from None
         png = out / "llc_vs_p.png"
         plot_llc_vs_p(df).savefig(png, dpi=120)
-        shown = [
-            "p",
-            "run_id",
-            "use_random_dataset",
-            "llc_mean",
-            "llc_stderr",
-            "mala_acceptance",
-            "train_acc",
-            "test_acc",
-        ]
-        typer.echo(df[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        shown = ["p", "run_id", "use_random_dataset", "llc_mean", "llc_stderr", *TRUST_COLUMNS, "train_acc"]
+        _echo_table(df, [*shown, "test_acc"])
         typer.echo(f"{len(df)} model(s) in {time.perf_counter() - t:.1f} s")
         _wrote([out / SWEEP_TABLE, png, out / "runs"])
 

@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_DRAWS",
     "DEFAULT_LEARNING_RATE",
     "DEFAULT_LOCALIZATION",
+    "DEFAULT_RESTRICT_TO_ORTH_GRAD",
     "LLC_COLUMNS",
     "llc_estimator",
     "llc_over_training",
@@ -66,6 +67,8 @@ DEFAULT_DRAWS = 200
 DEFAULT_BURNIN_STEPS = 300
 DEFAULT_CHAINS = 4
 DEFAULT_BATCH_SIZE = 64
+#: Sample orthogonally to the full-batch gradient at ``w*`` (checkpoints early in training are far from a minimum).
+DEFAULT_RESTRICT_TO_ORTH_GRAD = True
 
 #: The columns of :func:`llc_over_training`'s table, in order (more may follow).
 LLC_COLUMNS = (
@@ -124,7 +127,7 @@ def llc_estimator(
     burnin_steps: int = DEFAULT_BURNIN_STEPS,
     chains: int = DEFAULT_CHAINS,
     nbeta: float | None = None,
-    restrict_to_orth_grad: bool = True,
+    restrict_to_orth_grad: bool = DEFAULT_RESTRICT_TO_ORTH_GRAD,
     weight_decay: float = 0.0,
 ) -> LLCEstimator:
     """The SGLD :class:`~lambdahat.LLCEstimator` used for modular-addition runs.
@@ -189,7 +192,7 @@ def llc_over_training(
     chains: int = DEFAULT_CHAINS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     nbeta: float | None = None,
-    restrict_to_orth_grad: bool = True,
+    restrict_to_orth_grad: bool = DEFAULT_RESTRICT_TO_ORTH_GRAD,
     weight_decay: float = 0.0,
     checkpoints: Sequence[int] | None = None,
     seed: int | None = 0,
@@ -215,8 +218,9 @@ def llc_over_training(
         A run from :func:`~lambdahat.modadd.train` / :func:`~lambdahat.modadd.load_run`, or its directory.
     localization, gamma : float, default 100
         γ; ``gamma`` is the hackathon's name (pass one of the two, not both).
-    learning_rate, epsilon : float, default 1e-4
-        ε; ``epsilon`` is the hackathon's name (pass one of the two, not both).
+    learning_rate, epsilon : float or "auto", default 1e-4
+        ε; ``epsilon`` is the hackathon's name (pass one of the two, not both). ``"auto"`` calibrates it at every
+        checkpoint (:func:`lambdahat.calibrate`).
     draws, burnin_steps, chains : int, default 200, 300, 4
         Draws per chain after ``burnin_steps`` discarded steps, and the number of chains.
     batch_size : int, default 64
@@ -323,7 +327,7 @@ def llc_over_training(
         p=run.params.p,
         run=str(run.path),
         localization=float(loc),
-        learning_rate=float(lr),
+        learning_rate=lr if lr == "auto" else float(lr),
         nbeta=float(estimator.nbeta),
         n_train=n_train,
         draws=draws,
@@ -409,7 +413,7 @@ def plot_llc_over_training(df: pd.DataFrame) -> Figure:
     a = df.attrs
     if "localization" in a:
         ax.set_title(
-            f"λ̂ over training (p={a.get('p')}, γ={a['localization']:g}, ε={a['learning_rate']:g}, "
+            f"λ̂ over training (p={a.get('p')}, γ={a['localization']:g}, ε={a['learning_rate']:{'' if a['learning_rate'] == 'auto' else 'g'}}, "
             f"nβ={a['nbeta']:.1f}, {a['chains']} chains × {a['draws']} draws after {a['burnin_steps']})",
             fontsize=10,
         )

@@ -35,6 +35,7 @@ from lambdahat.modadd.llc import (
     DEFAULT_DRAWS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_LOCALIZATION,
+    DEFAULT_RESTRICT_TO_ORTH_GRAD,
     resolve_aliases,
 )
 from lambdahat.modadd.train import ExperimentParams, Run, load_run, train
@@ -102,7 +103,7 @@ DEFAULT_LLC_CONFIG = LLCConfig(
     burnin_steps=DEFAULT_BURNIN_STEPS,
     learning_rate=DEFAULT_LEARNING_RATE,
     localization=DEFAULT_LOCALIZATION,
-    restrict_to_orth_grad=True,
+    restrict_to_orth_grad=DEFAULT_RESTRICT_TO_ORTH_GRAD,
 )
 #: Record columns of the final checkpoint that join the table.
 _RECORD_COLUMNS = ("train_loss", "test_loss", "train_acc", "test_acc")

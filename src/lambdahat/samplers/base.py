@@ -26,6 +26,7 @@ __all__ = [
     "mala_log_accept",
     "potential",
     "project",
+    "virial",
 ]
 
 
@@ -58,7 +59,9 @@ class Info(NamedTuple):
 
     ``loss`` is the minibatch loss at the position *before* the step (the draw), ``log_accept`` the log MALA
     acceptance probability of the transition that led to that position (NaN where undefined), ``grad_norm`` the
-    norm of the minibatch loss gradient, ``noise_norm`` that of the injected noise, ``distance`` ``||w - w*||``.
+    norm of the minibatch loss gradient, ``noise_norm`` that of the injected noise, ``distance`` ``||w - w*||``
+    and ``virial`` ``(w - w*)·∇U(w)`` (with the minibatch gradient; its posterior mean is the number of sampled
+    directions, see :func:`virial`).
     """
 
     loss: torch.Tensor
@@ -66,6 +69,7 @@ class Info(NamedTuple):
     grad_norm: torch.Tensor
     noise_norm: torch.Tensor
     distance: torch.Tensor
+    virial: torch.Tensor
 
 
 class Sampler(NamedTuple):
@@ -102,6 +106,24 @@ def localized_drift(
     if ctx.weight_decay:
         drift = drift.add(theta, alpha=ctx.weight_decay)
     return project(drift, ctx.orth_u), delta
+
+
+def virial(delta: torch.Tensor, drift: torch.Tensor) -> torch.Tensor:
+    """``(w - w*)·∇U(w)`` per chain.
+
+    Integrating by parts against the posterior ``p ∝ exp(-U)`` gives, for every direction ``i`` in which the chains
+    move (``d`` of them: ``D``, or ``D - 1`` with ``restrict_to_orth_grad``),
+
+    .. math::
+
+        \mathbb E_p\big[(w - w^*)_i\, \partial_i U(w)\big] = 1, \qquad
+        T = \frac{1}{d}\,\mathbb E\big[(w - w^*)^\top \nabla U(w)\big] = 1
+
+    whatever the shape of ``U`` (singular or not), so the *configurational temperature* ``T`` of the draws checks
+    that the chains sample the posterior: a finite step inflates it (by ``1/(1 - εκ/4)`` along a direction of
+    curvature κ for SGLD), chains still spreading out lower it. The minibatch gradient gives an unbiased estimate.
+    """
+    return (delta * drift).sum(-1)
 
 
 def finish_position(theta: torch.Tensor, ctx: Context) -> torch.Tensor:

@@ -35,6 +35,7 @@ from .base import (
     langevin_log_accept,
     localized_drift,
     project,
+    virial,
 )
 
 __all__ = ["State", "build", "init", "step"]
@@ -89,7 +90,9 @@ def step(
     new_theta = finish_position(
         theta - 0.5 * hyper.learning_rate * project(precond * drift, ctx.orth_u) + kick, ctx
     )
-    info = Info(loss, log_accept, grad.norm(dim=-1), kick.norm(dim=-1), delta.norm(dim=-1))
+    info = Info(
+        loss, log_accept, grad.norm(dim=-1), kick.norm(dim=-1), delta.norm(dim=-1), virial(delta, drift)
+    )
     return State(new_theta, square_avg, energy, state.count + 1, prev), info
 
 

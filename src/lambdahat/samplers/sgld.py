@@ -27,6 +27,7 @@ from .base import (
     langevin_log_accept,
     localized_drift,
     project,
+    virial,
 )
 
 __all__ = ["State", "build", "init", "step"]
@@ -85,6 +86,7 @@ def step(
         grad_norm=torch.linalg.vector_norm(grad, dim=-1),
         noise_norm=noise_norm,
         distance=torch.linalg.vector_norm(delta, dim=-1),
+        virial=virial(delta, drift),
     )
     return State(finish_position(new_theta, ctx), energy, prev), info
 

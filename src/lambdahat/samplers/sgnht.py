@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Context, Hyper, Info, Sampler, finish_position, localized_drift, project
+from .base import Context, Hyper, Info, Sampler, finish_position, localized_drift, project, virial
 
 __all__ = ["State", "build", "init", "step"]
 
@@ -61,7 +61,7 @@ def step(
     dof = momentum.shape[-1] - (0 if ctx.orth_u is None else 1)
     thermostat = state.thermostat + h * ((momentum * momentum).sum(-1) / dof - 1.0)
     nan = torch.full_like(loss, math.nan)
-    info = Info(loss, nan, grad.norm(dim=-1), kick.norm(dim=-1), delta.norm(dim=-1))
+    info = Info(loss, nan, grad.norm(dim=-1), kick.norm(dim=-1), delta.norm(dim=-1), virial(delta, drift))
     return State(theta, momentum, thermostat), info
 
 
