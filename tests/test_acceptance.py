@@ -132,3 +132,42 @@ def test_sgnht_says_its_acceptance_is_not_available():
     )
     assert result.settings["acceptance_kind"] == "not available"
     assert math.isnan(result.mala_acceptance)
+
+
+def test_configurational_temperature_matches_the_sgld_stationary_variance_on_a_gaussian():
+    """Full-batch linear regression: U is quadratic with curvatures κ_i = nβ·2·eig(XᵀX/n) + γ, and SGLD's stationary
+    variance along each is (1/κ_i)/(1 − εκ_i/4), so T = mean_i 1/(1 − εκ_i/4) exactly. Tolerance: 4 standard errors
+    of the across-chain mean (16 chains)."""
+    g = torch.Generator().manual_seed(4)
+    n, d = 256, 4
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor(
+        [1.0, 0.5, 0.3, 0.2], dtype=torch.float64
+    )
+    y = x @ torch.ones(d, 1, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    nbeta, gamma = 20.0, 2.0
+    kappa = nbeta * 2 * torch.linalg.eigvalsh(x.T @ x / n) + gamma
+    lr = 1.6 / float(kappa.max())  # εκ_max = 1.6: a 67 % hotter stiffest direction
+    expected = float((1 / (1 - lr * kappa / 4)).mean())
+    cfg = LLCConfig(
+        draws=1500,
+        chains=16,
+        burnin_steps=300,
+        learning_rate=lr,
+        localization=gamma,
+        nbeta=nbeta,
+        dtype="float64",
+    )
+    result = sample(
+        prepare(
+            model, DataLoader(TensorDataset(x, y), batch_size=n), cfg, criterion_fn=F.mse_loss, compile=False
+        ),
+        cfg,
+        seed=0,
+        **QUIET,
+    )
+    assert expected > 1.15  # the step bias is large enough to be seen
+    assert abs(result.temperature - expected) < 4 * result.temperature_stderr
+    assert result.status == "untrusted" and any("temperature" in r for r in result.trust_reasons)

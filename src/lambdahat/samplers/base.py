@@ -116,8 +116,8 @@ def virial(delta: torch.Tensor, drift: torch.Tensor) -> torch.Tensor:
 
     .. math::
 
-        \mathbb E_p\big[(w - w^*)_i\, \partial_i U(w)\big] = 1, \qquad
-        T = \frac{1}{d}\,\mathbb E\big[(w - w^*)^\top \nabla U(w)\big] = 1
+        \\mathbb E_p\\big[(w - w^*)_i\\, \\partial_i U(w)\\big] = 1, \\qquad
+        T = \\frac{1}{d}\\,\\mathbb E\\big[(w - w^*)^\\top \\nabla U(w)\\big] = 1
 
     whatever the shape of ``U`` (singular or not), so the *configurational temperature* ``T`` of the draws checks
     that the chains sample the posterior: a finite step inflates it (by ``1/(1 - εκ/4)`` along a direction of
