@@ -356,3 +356,26 @@ def test_a_loader_whose_passes_differ_is_reported():
     problem = prepare(fitted_linear(x, y), loader, cfg, criterion_fn=F.mse_loss, compile=False)
     with pytest.raises(ValueError, match="chain_batch"):
         sample(problem, cfg, seed=0, chain_batch=1, **QUIET)
+
+
+def test_per_sample_losses_stream_to_disk_in_blocks(tmp_path, monkeypatch):
+    import lambdahat.chains as chains_module
+
+    monkeypatch.setattr(chains_module, "RECORD_BLOCK_BYTES", 3 * 4 * 10 * 7)  # blocks of 7 draws for 3 chains
+    x, y = regression()
+    cfg = CFG.replace(burnin_steps=0)
+    evaluation = DataLoader(TensorDataset(x[:10], y[:10]), batch_size=4)
+    problem = prepare(
+        fitted_linear(x, y),
+        DataLoader(TensorDataset(x, y), batch_size=32),
+        cfg,
+        criterion_fn=F.mse_loss,
+        compile=False,
+        evaluation=evaluation,
+    )
+    in_memory = sample(problem, cfg, seed=0, chain_batch=2, **QUIET)
+    path = tmp_path / "losses.npy"
+    on_disk = sample(problem, cfg, seed=0, chain_batch=2, per_sample_path=path, **QUIET)
+    assert torch.equal(in_memory.per_sample_losses, on_disk.per_sample_losses)
+    assert not torch.isnan(in_memory.per_sample_losses).any()
+    assert np.load(path, mmap_mode="r").shape == (cfg.chains, cfg.draws, 10)

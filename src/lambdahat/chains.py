@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.func import grad_and_value, vmap
 
@@ -159,13 +160,20 @@ class ChainTrace:
         ``[len(Info._fields), chains, steps]``: every field of :class:`~lambdahat.samplers.Info` at every step.
     counts:
         ``[steps]``: samples (tokens) that counted in the batch of each recorded loss.
-    per_sample:
-        ``[chains, draws, samples(, tokens)]`` losses of the evaluation set at every draw, or ``None``.
     """
 
     info: torch.Tensor
     counts: torch.Tensor
-    per_sample: torch.Tensor | None = None
+
+
+#: Per-sample losses are kept on the device in blocks of at most this many bytes before they go to the host.
+RECORD_BLOCK_BYTES = 64 * 2**20
+
+
+def record_block_draws(chains: int, shape: Sequence[int], draws: int) -> int:
+    """Draws per device block of per-sample losses (float32), at most :data:`RECORD_BLOCK_BYTES`."""
+    per_draw = 4 * chains * max(1, int(np.prod(shape)))
+    return int(max(1, min(draws, RECORD_BLOCK_BYTES // per_draw)))
 
 
 @dataclass(frozen=True)
@@ -193,11 +201,14 @@ def run_chain_batch(
     on_step: Callable[[], None] | None = None,
     observables: DataFeed | None = None,
     evaluation: EvaluationSet | None = None,
+    records: np.ndarray | None = None,
 ) -> ChainTrace:
     """Run the chains ``chains`` (global indices) from ``w*`` for the whole schedule.
 
-    With ``observables`` the recorded loss is taken on its batches (see :func:`make_step`); with ``evaluation``
-    the per-sample losses of that set are recorded at every draw. Nothing is copied to the host before the end.
+    With ``observables`` the recorded loss is taken on its batches (see :func:`make_step`). With ``evaluation``
+    the per-sample losses of that set are recorded at every draw into ``records[chains]`` (a host array
+    ``[all chains, draws, samples(, tokens)]``, in memory or memory-mapped on disk), through a device block of
+    :func:`record_block_draws` draws that is copied out when full: the only host copies before the end.
     """
     n_chains, dim, steps = len(chains), fm.layout.dim, schedule.total_steps
     state = sampler.init(fm.w_star.expand(n_chains, dim).contiguous())
@@ -206,34 +217,36 @@ def run_chain_batch(
     counts = torch.empty(steps, device=fm.device, dtype=fm.param_dtype)
     batches = iter(feed)
     observed = iter(observables) if observables is not None else None
-    records, recorder = None, None
+    block, recorder, rows = None, None, list(chains)
     if evaluation is not None:
-        records = torch.full(
-            (n_chains, schedule.draws, *evaluation.shape),
-            float("nan"),
-            device=fm.device,
-            dtype=fm.param_dtype,
+        size = record_block_draws(n_chains, evaluation.shape, schedule.draws)
+        block = torch.full(
+            (n_chains, size, *evaluation.shape), float("nan"), device=fm.device, dtype=torch.float32
         )
         recorder = make_recorder(fm)
     first_draw, every = schedule.burnin_steps, schedule.steps_bw_draws
     for s in range(steps):
         x, y = next(batches)
         extra = next(observed) if observed is not None else ()
-        if records is not None and s >= first_draw and (s - first_draw) % every == 0:
+        if block is not None and s >= first_draw and (s - first_draw) % every == 0:
             draw, offset = (s - first_draw) // every, 0
+            slot = draw % block.shape[1]
             for (ex, ey), size in zip(evaluation.batches, evaluation.sizes):
                 losses = recorder(state.theta, fm.frozen, fm.buffers, ex, ey)
-                target = records[:, draw, offset : offset + size]
+                target = block[:, slot, offset : offset + size]
                 if losses.dim() > 2:
                     target = target[..., : losses.shape[-1]]
                 target.copy_(losses)
                 offset += size
+            if slot == block.shape[1] - 1 or draw == schedule.draws - 1:
+                start = draw - slot
+                records[rows, start : draw + 1] = block[:, : slot + 1].cpu().numpy()
         state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise.draw(), hyper, ctx, *extra)
         trace[:, :, s] = torch.stack(info)
         counts[s] = count
         if on_step is not None:
             on_step()
-    return ChainTrace(trace.cpu(), counts.cpu(), None if records is None else records.cpu())
+    return ChainTrace(trace.cpu(), counts.cpu())
 
 
 def predicted_eager_seconds(

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .chains import ChainTrace, EvaluationSet, Schedule, StepFunction, run_chain_batch
@@ -78,8 +79,10 @@ def run_slots(
     seed: int,
     schedule: Schedule,
     on_step: Callable[[], None] | None = None,
+    records: np.ndarray | None = None,
 ) -> ChainTrace:
-    """Run every planned chain batch; returns the traces of all chains, ordered by chain."""
+    """Run every planned chain batch; returns the traces of all chains, ordered by chain (per-sample losses of the
+    evaluation sets go into ``records``, see :func:`~lambdahat.chains.run_chain_batch`)."""
 
     def run_slot(slot: int) -> list[tuple[list[int], ChainTrace]]:
         job = jobs[slot]
@@ -101,6 +104,7 @@ def run_slots(
                         on_step=on_step,
                         observables=job.observables,
                         evaluation=job.evaluation,
+                        records=records,
                     ),
                 )
                 for chains in plan[slot]
@@ -114,9 +118,4 @@ def run_slots(
             pieces = [piece for part in pool.map(run_slot, slots) for piece in part]
     pieces.sort(key=lambda item: item[0][0])
     traces = [trace for _, trace in pieces]
-    records = [t.per_sample for t in traces]
-    return ChainTrace(
-        info=torch.cat([t.info for t in traces], dim=1),
-        counts=traces[0].counts,
-        per_sample=None if records[0] is None else torch.cat(records, dim=0),
-    )
+    return ChainTrace(info=torch.cat([t.info for t in traces], dim=1), counts=traces[0].counts)

@@ -13,6 +13,7 @@ with ``config = LLCConfig(...)`` built from the constructor's arguments.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ def sample(
     chain_batch: int | None = None,
     show_progress: bool = True,
     warn: bool = True,
+    per_sample_path: str | os.PathLike[str] | None = None,
 ) -> LLCResult:
     """Run the chains of ``config`` on a prepared problem; ``learning_rate="auto"`` is calibrated first.
 
@@ -52,6 +54,9 @@ def sample(
         Chains per device call (``None``: all chains of a device at once).
     show_progress, warn:
         A progress bar; the trust policy's warnings.
+    per_sample_path:
+        With an evaluation set (``prepare(..., evaluation=loader)``): stream its per-sample losses to this ``.npy``
+        file (see :func:`lambdahat.problem.run_chains`).
 
     Returns
     -------
@@ -83,7 +88,13 @@ def sample(
         )
         config = config.replace(learning_rate=calibration.learning_rate)
     result = run_chains(
-        problem, config, seed=seed, chain_batch=chain_batch, show_progress=show_progress, warn=warn
+        problem,
+        config,
+        seed=seed,
+        chain_batch=chain_batch,
+        show_progress=show_progress,
+        warn=warn,
+        per_sample_path=per_sample_path,
     )
     if calibration is not None:
         settings = {**result.settings, "learning_rate": "auto", "calibration": calibration.summary()}
@@ -207,6 +218,7 @@ class LLCEstimator:
         *,
         loss_fn: Callable | None = None,
         evaluation=None,
+        per_sample_path: str | os.PathLike[str] | None = None,
     ) -> torch.Tensor:
         """Run the chains and return the per-chain λ̂ (``[chains]`` float tensor on the CPU).
 
@@ -249,6 +261,8 @@ class LLCEstimator:
         evaluation:
             A loader of a fixed set whose per-sample losses are recorded at every draw
             (``get_metrics()["per_sample_losses"]``, ``[chains, draws, samples(, tokens)]``).
+        per_sample_path:
+            Stream those per-sample losses to this ``.npy`` file (memory-mapped in the result).
 
         Returns
         -------
@@ -269,6 +283,7 @@ class LLCEstimator:
             observables=observables,
             loss_fn=loss_fn,
             evaluation=evaluation,
+            per_sample_path=per_sample_path,
         )
         return self.result.llcs
 
@@ -288,6 +303,7 @@ class LLCEstimator:
         *,
         loss_fn: Callable | None = None,
         evaluation=None,
+        per_sample_path: str | os.PathLike[str] | None = None,
         warn: bool = True,
     ) -> LLCResult:
         """Like :meth:`estimate_llc` but returns the whole :class:`~lambdahat.LLCResult` (``warn=False``: no

@@ -18,11 +18,13 @@ reused by every later run on it. ``learning_rate="auto"`` is resolved one floor 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -348,6 +350,20 @@ def prepare(
     )
 
 
+def _records(problem: Problem, config: LLCConfig, path) -> np.ndarray | None:
+    """The host array of per-sample losses ``[chains, draws, samples(, tokens)]`` (NaN until written)."""
+    if problem.evaluation is None:
+        if path is not None:
+            raise ValueError("sample: per_sample_path needs an evaluation set; pass evaluation= to prepare.")
+        return None
+    shape = (config.chains, config.draws, *problem.evaluation[0].shape)
+    if path is None:
+        return np.full(shape, np.nan, dtype=np.float32)
+    records = np.lib.format.open_memmap(os.fspath(path), mode="w+", dtype=np.float32, shape=shape)
+    records[...] = np.nan
+    return records
+
+
 def acceptance_kind(sampler: str, full_batch: bool) -> str:
     """How the MALA acceptance of a run is obtained: ``"exact"`` (full-batch data: from the potentials),
     ``"gradient estimate"`` (the trapezoid rule on the gradients, exact on quadratic potentials) or
@@ -365,6 +381,7 @@ def run_chains(
     show_progress: bool = True,
     warn: bool = True,
     settings: dict[str, Any] | None = None,
+    per_sample_path: str | os.PathLike[str] | None = None,
 ) -> LLCResult:
     """Run ``config.chains`` chains on a prepared problem.
 
@@ -387,6 +404,10 @@ def run_chains(
         Issue the trust policy's warnings.
     settings:
         Extra metadata recorded in ``result.settings``.
+    per_sample_path:
+        With an evaluation set: write its per-sample losses to this ``.npy`` file as they are made (blocks of at
+        most 64 MiB leave the device), and give ``result.per_sample_losses`` as a tensor over the memory-mapped
+        file; ``None`` keeps them in host memory.
     """
     if not isinstance(config, LLCConfig):
         raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
@@ -443,11 +464,16 @@ def run_chains(
         )
         for slot, fm in enumerate(problem.slots)
     ]
+    records = _records(problem, config, per_sample_path)
     total_steps = config.total_steps * sum(len(batches) for batches in plan.values())
     with tqdm(
         total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False
     ) as bar:
-        trace = run_slots(jobs, plan, sampler, seed, config.schedule, on_step=lambda: bar.update(1))
+        trace = run_slots(
+            jobs, plan, sampler, seed, config.schedule, on_step=lambda: bar.update(1), records=records
+        )
+    if records is not None and per_sample_path is not None:
+        records.flush()
     recorded = {
         **config.to_dict(),
         "nbeta": nbeta,
@@ -473,5 +499,5 @@ def run_chains(
         recorded,
         warn=warn,
         counts=trace.counts,
-        per_sample_losses=trace.per_sample,
+        per_sample_losses=None if records is None else torch.from_numpy(records),
     )
