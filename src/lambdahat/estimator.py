@@ -322,7 +322,13 @@ class LLCEstimator:
             compile=compile,
         )
         return sample(
-            problem, self.config, seed=seed, chain_batch=chain_batch, show_progress=show_progress, warn=warn
+            problem,
+            self.config,
+            seed=seed,
+            chain_batch=chain_batch,
+            show_progress=show_progress,
+            warn=warn,
+            per_sample_path=per_sample_path,
         )
 
     def get_metrics(self) -> dict[str, Any]:

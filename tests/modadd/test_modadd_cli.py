@@ -7,14 +7,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from lambdahat.cli import app
-from lambdahat.modadd import ExperimentParams, load_run
+from lambdahat.modadd import ExperimentParams, llc, load_run
 
 from .conftest import TINY
 
@@ -41,6 +44,17 @@ TINY_ARGS = [
     "0.001",
 ]
 FAST_LLC = ["--draws", "6", "--burnin-steps", "4", "--chains", "2"]
+LLC_OPTIONS = [
+    "--draws",
+    "--chains",
+    "--burnin-steps",
+    "--learning-rate",
+    "--localization",
+    "--nbeta",
+    "--llc-weight-decay",
+    "--restrict-to-orth-grad",
+    "--no-restrict-to-orth-grad",
+]
 
 
 def invoke(*args):
@@ -92,12 +106,31 @@ def run_dir(tmp_path):
     ],
 )
 def test_every_command_has_help(command):
-    result = invoke(*command, "--help")
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})  # wide: no cut names
     assert_ok(result)
     assert "Usage" in result.stdout
     if command == ["demo"]:
         assert "--quick" not in result.stdout  # the test switch is hidden
         assert "--threads" in result.stdout
+    if command in (["modadd", "llc"], ["modadd", "sweep-p"]):  # the λ̂ options, generated from LLCConfig
+        text = flat(result.stdout)
+        for option in LLC_OPTIONS:
+            assert option in text, option
+        assert "--epsilon" not in text and "--gamma" not in text  # hidden deprecated spellings
+
+
+def test_llc_options_defaults_are_the_libraries():
+    """The commands read their defaults from source (no torch behind --help); they are the library's."""
+    from lambdahat import LLCConfig
+    from lambdahat.modadd import cli, llc_over_training
+
+    signature = inspect.signature(llc_over_training).parameters
+    library = {name: signature[name].default for name in cli.LLC_FIELDS}
+    # None in the signature: the hackathon's aliases are resolved to these
+    library.update(learning_rate=llc.DEFAULT_LEARNING_RATE, localization=llc.DEFAULT_LOCALIZATION)
+    command = {name: cli.LLC_DEFAULTS.get(name, getattr(LLCConfig(), name)) for name in cli.LLC_FIELDS}
+    assert command == library
+    assert cli._D == SimpleNamespace(**dataclasses.asdict(ExperimentParams()))
 
 
 def test_train_writes_a_run(run_dir):
@@ -143,8 +176,18 @@ def test_train_refuses_a_used_directory(run_dir):
 
 
 def test_llc_writes_a_table_and_a_figure(run_dir):
-    result = invoke("modadd", "llc", run_dir, *FAST_LLC, "--gamma", "50", "--epsilon", "2e-4")
+    result = invoke("modadd", "llc", run_dir, *FAST_LLC, "--localization", "50", "--learning-rate", "2e-4")
     assert_ok(result)
+    header = next(line for line in result.stdout.splitlines() if line.lstrip().startswith("checkpoint"))
+    assert header.split() == [
+        "checkpoint",
+        "step",
+        "llc_mean",
+        "llc_stderr",
+        "mala_acceptance",
+        "rhat",
+        "status",
+    ]
     csv, png = run_dir / "llc" / "llc_over_training.csv", run_dir / "llc" / "llc_over_training.png"
     assert str(csv) in wrote(result) and str(png) in wrote(result)
     df = pd.read_csv(csv)
@@ -154,6 +197,20 @@ def test_llc_writes_a_table_and_a_figure(run_dir):
     estimator = config["config"]["estimator"]
     assert estimator["localization"] == 50.0 and estimator["learning_rate"] == 2e-4
     assert "peak" in result.stdout
+
+
+def test_llc_accepts_the_seeds_names_with_a_warning(run_dir, tmp_path):
+    out = tmp_path / "old-names"
+    result = invoke("modadd", "llc", run_dir, *FAST_LLC, "--checkpoints", "0", "--gamma", "50", "--out", out)
+    assert_ok(result)
+    assert "--gamma is deprecated; use --localization" in result.stderr
+    estimator = json.loads((out / "sweep" / "sweep.json").read_text())["config"]["estimator"]
+    assert estimator["localization"] == 50.0
+    assert_clean_error(
+        invoke("modadd", "llc", run_dir, "--epsilon", "1e-3", "--learning-rate", "1e-4"),
+        "give --learning-rate only",
+    )
+    assert_clean_error(invoke("modadd", "llc", run_dir, "--chains", "0"), "--chains", "must be an int >= 1")
 
 
 def test_llc_some_checkpoints_elsewhere(run_dir, tmp_path):
@@ -252,6 +309,8 @@ def test_sweep_p(tmp_path):
     assert df[["p", "use_random_dataset"]].values.tolist() == [[5, False], [5, True], [7, False], [7, True]]
     assert str(out / "llc_vs_p.png") in wrote(result) and (out / "llc_vs_p.png").stat().st_size > 0
     assert load_run(df["run_dir"].iloc[0]).params.train_frac == 0.6
+    header = next(line for line in result.stdout.splitlines() if line.lstrip().startswith("p "))
+    assert "llc_mean" in header and "mala_acceptance" in header
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import sweep_fixtures as sf
 import torch
 from safetensors.torch import save_file
 
-from lambdahat import LLCEstimator
+from lambdahat import LLCConfig, LLCEstimator
 from lambdahat.sweeps import llc_over_checkpoints
 from lambdahat.sweeps.checkpoints import load_checkpoint
 
@@ -144,10 +145,23 @@ def test_argument_errors(loader, estimator):
         llc_over_checkpoints("ckpt.safetensors", sf.linear_model, loader, estimator, **sf.RUN)
     with pytest.raises(TypeError, match="model_fn must be a function"):
         llc_over_checkpoints(sds, sf.linear_model(), loader, estimator, **sf.RUN)
-    with pytest.raises(TypeError, match="LLCEstimator"):
+    with pytest.raises(TypeError, match="must be an LLCConfig or an LLCEstimator"):
         llc_over_checkpoints(sds, sf.linear_model, loader, EST, **sf.RUN)
     with pytest.raises(ValueError, match="empty"):
         llc_over_checkpoints([], sf.linear_model, loader, estimator, **sf.RUN)
+
+
+def test_an_llcconfig_is_the_same_as_its_estimator(tmp_path, loader, estimator):
+    sds = sf.state_dicts(2)
+    with_config = llc_over_checkpoints(
+        sds, sf.linear_model, loader, LLCConfig(**EST), out_dir=tmp_path / "a", **sf.RUN
+    )
+    with_estimator = llc_over_checkpoints(
+        sds, sf.linear_model, loader, estimator, out_dir=tmp_path / "b", **sf.RUN
+    )
+    assert with_config[METRICS].equals(with_estimator[METRICS])
+    meta = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    assert meta["config"]["estimator"] == LLCConfig(**EST).to_dict()
 
 
 def test_load_checkpoint_returns_a_plain_dict(tmp_path):
