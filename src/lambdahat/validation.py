@@ -18,7 +18,6 @@ cases may run as Ray tasks (``executor="ray"``).
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import warnings
@@ -137,13 +136,6 @@ def _case_point(shared: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str,
 
 def _task(point: dict[str, Any]) -> dict[str, Any]:
     return {"case": point["case"]}
-
-
-def _run_columns() -> dict[str, Any]:
-    """The keyword that makes the sweep engine store :data:`_RUN_COLUMNS`, where the engine has it."""
-    if "value_columns" in inspect.signature(run_sweep).parameters:
-        return {"value_columns": list(_RUN_COLUMNS)}
-    return {}
 
 
 def run_validation(
@@ -275,7 +267,7 @@ def run_validation(
         show_progress=show_progress,
         callback=None,
         desc="validation",
-        **_run_columns(),
+        value_columns=list(_RUN_COLUMNS),
     )
     return _validation_table(cases, configs, table)
 

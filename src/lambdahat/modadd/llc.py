@@ -168,7 +168,7 @@ def _checkpoint_indices(run: Run, checkpoints: Sequence[int] | None) -> list[int
     indices = []
     for c in checkpoints:
         try:
-            indices.append(run._index(c))
+            indices.append(run.checkpoint_index(c))
         except (IndexError, TypeError) as exc:
             raise type(exc)(f"llc_over_training: {exc}") from None
     if not indices:

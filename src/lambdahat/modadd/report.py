@@ -186,7 +186,7 @@ def write_fourier_report(run: Run, out_dir: Path, checkpoint: int = -1) -> Fouri
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    index = run._index(checkpoint)
+    index = run.checkpoint_index(checkpoint)
     files: list[Path] = []
 
     over = mode_magnitudes_over_checkpoints(run)
@@ -230,7 +230,7 @@ def _finite(v: float) -> float | None:
 
 def circuit_json(report: CircuitReport, run: Run, checkpoint: int) -> dict[str, Any]:
     """A JSON-able record of a :class:`CircuitReport` (NaN written as null)."""
-    index = run._index(checkpoint)
+    index = run.checkpoint_index(checkpoint)
 
     def doubling(d) -> dict[str, Any]:
         return {

@@ -218,13 +218,15 @@ def run_sweep(
     show_progress: bool,
     callback: Callable[[dict[str, Any]], None] | None,
     desc: str = "sweep",
+    value_columns: Sequence[tuple[str, str]] = (),
 ) -> pd.DataFrame:
     """Run the points not yet finished and return the table of all points (one row per point, index = point).
 
-    ``points[i]`` describes point ``i`` by the values of ``point_columns``. ``prepare(point)`` makes the task of a
+    ``points[i]`` describes point ``i`` by the values of ``point_columns``; ``value_columns`` are extra values
+    that the point function returns beside the metric columns (name, type), stored like them. ``prepare(point)`` makes the task of a
     point in this process.
     """
-    columns = [("point", "int"), *point_columns, *METRIC_COLUMNS, *STATUS_COLUMNS]
+    columns = [("point", "int"), *point_columns, *METRIC_COLUMNS, *value_columns, *STATUS_COLUMNS]
     store = SweepStore(out_dir, columns) if out_dir is not None else None
     rows: dict[int, dict[str, Any]] = {}
     try:
@@ -239,7 +241,7 @@ def run_sweep(
             point = points[outcome.key]
             row: dict[str, Any] = {"point": outcome.key, **{n: point[n] for n, _ in point_columns}}
             values = outcome.value if outcome.ok else {}
-            for name, _ in METRIC_COLUMNS:
+            for name, _ in (*METRIC_COLUMNS, *value_columns):
                 row[name] = values.get(name)
             row["warnings"] = values.get("warnings")
             row.update(
