@@ -107,10 +107,9 @@ def source_defaults(module: str, cls: str) -> dict[str, Any]:
 
     Examples
     --------
-    >>> source_defaults("lambdahat.config", "Schedule")
-    {}
-    >>> source_defaults("lambdahat.config", "LLCConfig")["draws"]
-    200
+    >>> defaults = source_defaults("lambdahat.config", "LLCConfig")
+    >>> defaults["draws"], defaults["dtype"], defaults["sampler_options"]
+    (200, 'torch.float32', {})
     """
     return {
         f.name: f.default for f in _dataclass_fields(module, cls) if f.default is not inspect.Parameter.empty
@@ -204,14 +203,6 @@ def _json_mapping(value: Any) -> dict[str, Any]:
     return parsed
 
 
-def _shown(default: Any) -> str | bool:
-    if default is None:
-        return False
-    if isinstance(default, Mapping):
-        return json.dumps(default)
-    return True
-
-
 def _option(setting: Setting, default: Any, decl: str, panel: str | None, hidden: bool = False, help=None):
     """``(annotation, default)`` of the Typer parameter of one setting."""
     common: dict[str, Any] = {"help": setting.help if help is None else help, "rich_help_panel": panel}
@@ -231,9 +222,7 @@ def _option(setting: Setting, default: Any, decl: str, panel: str | None, hidden
         option = typer.Option(decl, parser=_number_or_auto, metavar="FLOAT|auto", **common)
         return Annotated[float | None, option], default
     if kind.startswith("Mapping"):
-        option = typer.Option(
-            decl, parser=_json_mapping, metavar="JSON", show_default=_shown(default), **common
-        )
+        option = typer.Option(decl, parser=_json_mapping, metavar="JSON", **common)
         return Annotated[dict | None, option], json.dumps(default) if isinstance(
             default, Mapping
         ) else default

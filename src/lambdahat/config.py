@@ -21,9 +21,10 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DTYPES",
@@ -35,13 +36,9 @@ __all__ = [
     "parse_dtype",
 ]
 
-#: Precisions a run can use, by name.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+#: Precisions a run can use, by name (``torch.<name>``). This module does not import torch until a config is built,
+#: so that the command line can declare its options from it quickly.
+DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
 #: ``"eval"``: dropout off, BatchNorm on its running statistics; ``"train"``: dropout active, BatchNorm on the
 #: statistics of each batch (the caller's running statistics are never updated).
 MODEL_MODES = ("eval", "train")
@@ -56,17 +53,19 @@ def parse_dtype(value: Any) -> torch.dtype:
 
     Examples
     --------
-    >>> parse_dtype("bf16"), parse_dtype(torch.float64)
+    >>> parse_dtype("bf16"), parse_dtype("torch.float64")
     (torch.bfloat16, torch.float64)
     """
+    import torch
+
     if isinstance(value, torch.dtype):
-        if value in DTYPES.values():
+        if dtype_name(value) in DTYPES:
             return value
     elif isinstance(value, str):
         name = value.removeprefix("torch.")
         name = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16"}.get(name, name)
         if name in DTYPES:
-            return DTYPES[name]
+            return getattr(torch, name)
     raise ValueError(
         f"LLCConfig: dtype must be one of {', '.join(DTYPES)} (a torch.dtype or its name); got {value!r}."
     )
@@ -91,6 +90,8 @@ class Schedule:
 
     def draw_steps(self) -> torch.Tensor:
         """Indices of the steps whose loss is a draw."""
+        import torch
+
         return torch.arange(self.burnin_steps, self.total_steps, self.steps_bw_draws)
 
 
@@ -149,7 +150,7 @@ class LLCConfig:
         nβ; ``None`` uses ``n / log n`` with ``n`` the size of the data set.
     dtype:
         ``float32`` (default) or ``float64``: arithmetic in that precision; ``bfloat16`` / ``float16``: forward under
-        autocast, parameters and updates in float32. A ``torch.dtype`` or its name.
+        autocast, parameters and updates in float32. A ``torch.dtype`` or its name (kept as a ``torch.dtype``).
     sampler:
         ``"sgld"`` (default), ``"rmsprop_sgld"`` or ``"sgnht"``.
     sampler_options:
@@ -181,7 +182,7 @@ class LLCConfig:
     learning_rate: float | str = 1e-5
     localization: float = 100.0
     nbeta: float | None = None
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype | str = "float32"
     sampler: str = "sgld"
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
     weight_decay: float = 0.0

@@ -44,11 +44,11 @@ model:
   factory: "lambdahat.modadd.factories:grid_at_checkpoint"
   kwargs: {{run_dir: "{tiny_run.path}", checkpoint: -1, batch_size: 16}}
 estimator: {{draws: 8, chains: 2, burnin_steps: 2}}
-grid: {{epsilon: [1.0e-5, 1.0e-4], gamma: 100.0, nbeta: null}}
+grid: {{learning_rate: [1.0e-5, 1.0e-4], localization: 100.0, nbeta: null}}
 run: {{seed: 0, compile: false, out_dir: "{tmp_path / "grid"}"}}
 """,
     )
     result = CliRunner().invoke(app, ["sweep", str(cfg)])
     assert result.exit_code == 0, result.output
     df = pd.read_csv(tmp_path / "grid" / "results.csv")
-    assert sorted(df["epsilon"]) == [1e-5, 1e-4]
+    assert sorted(df["learning_rate"]) == [1e-5, 1e-4]

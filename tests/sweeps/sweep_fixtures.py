@@ -90,7 +90,7 @@ def slow_grid(out_dir: str):
     from lambdahat.sweeps import GridSearchConfig, LLCGridSearch
 
     cfg = GridSearchConfig(
-        epsilon=(1e-4, 1e-3), gamma=[1.0, 10.0, 100.0], nbeta=20.0, estimates_per_dim=2, **SLOW_SCHEDULE
+        learning_rate=[1e-4, 1e-3], localization=[1.0, 10.0, 100.0], nbeta=20.0, **SLOW_SCHEDULE
     )
     return LLCGridSearch(cfg).run_grid_search(trained_linear(0), make_loader(), out_dir=out_dir, **RUN)
 

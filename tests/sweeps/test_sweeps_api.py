@@ -44,8 +44,8 @@ def grid_table(eps, gam, nb):
             for b in nb:
                 rows.append(
                     dict(
-                        epsilon=e,
-                        gamma=g,
+                        learning_rate=e,
+                        localization=g,
                         nbeta=b,
                         llc_mean=e * 1e3 + g,
                         llc_std=0.1,

@@ -105,6 +105,9 @@ def test_sigkilled_sweep_resumes_without_losing_or_duplicating_rows(tmp_path):
     # the killed process computed the same numbers as this one does
     first = df.iloc[int(killed.point.iloc[0])]
     est = LLCEstimator(
-        learning_rate=first.epsilon, localization=first.gamma, nbeta=first.nbeta, **sf.SLOW_SCHEDULE
+        learning_rate=first.learning_rate,
+        localization=first.localization,
+        nbeta=first.nbeta,
+        **sf.SLOW_SCHEDULE,
     )
     assert est.run(sf.trained_linear(0), sf.make_loader(), warn=False, **sf.RUN).llc_mean == first.llc_mean

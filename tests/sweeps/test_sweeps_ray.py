@@ -46,9 +46,7 @@ def ray_instance():
 
 
 def test_grid_on_ray_equals_local_and_resumes_locally(tmp_path, model, loader):
-    cfg = GridSearchConfig(
-        epsilon=(1e-4, 1e-3), gamma=[1.0, 10.0], nbeta=[5.0, 20.0], estimates_per_dim=2, **sf.FAST
-    )
+    cfg = GridSearchConfig(learning_rate=[1e-4, 1e-3], localization=[1.0, 10.0], nbeta=[5.0, 20.0], **sf.FAST)
     local = LLCGridSearch(cfg).run_grid_search(model, loader, **sf.RUN)
     remote = LLCGridSearch(cfg).run_grid_search(
         model, loader, executor="ray", ray_resources={"num_cpus": 1}, out_dir=tmp_path, **sf.RUN

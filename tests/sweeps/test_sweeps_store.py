@@ -8,13 +8,23 @@ import pandas as pd
 import pytest
 import sweep_fixtures as sf
 
-import lambdahat.estimator
+import lambdahat.sweeps.runner
 from lambdahat import LLCEstimator
 from lambdahat.sweeps import GridSearchConfig, LLCGridSearch, llc_over_checkpoints
 from lambdahat.sweeps.store import SweepStore
 
-CFG = dict(epsilon=(1e-4, 1e-3), gamma=[1.0, 10.0], nbeta=20.0, estimates_per_dim=2, **sf.FAST)
-METRICS = ["epsilon", "gamma", "nbeta", "llc_mean", "llc_std", "init_loss", "rhat", "status", "seed"]
+CFG = dict(learning_rate=(1e-4, 1e-3), localization=(1.0, 10.0), nbeta=20.0, estimates_per_dim=2, **sf.FAST)
+METRICS = [
+    "learning_rate",
+    "localization",
+    "nbeta",
+    "llc_mean",
+    "llc_std",
+    "init_loss",
+    "rhat",
+    "status",
+    "seed",
+]
 
 
 @pytest.fixture
@@ -29,14 +39,15 @@ def loader():
 
 @pytest.fixture
 def count_runs(monkeypatch):
+    """The points that ran: every sweep point samples through lambdahat.sweeps.runner.sample."""
     calls = []
-    original = LLCEstimator.run
+    original = lambdahat.sweeps.runner.sample
 
-    def counting(self, *args, **kwargs):
-        calls.append(kwargs.get("learning_rate"))
-        return original(self, *args, **kwargs)
+    def counting(problem, config, **kwargs):
+        calls.append(config.learning_rate)
+        return original(problem, config, **kwargs)
 
-    monkeypatch.setattr(lambdahat.estimator.LLCEstimator, "run", counting)
+    monkeypatch.setattr(lambdahat.sweeps.runner, "sample", counting)
     return calls
 
 
@@ -52,10 +63,10 @@ def test_files_and_resume_skips_finished_points(tmp_path, model, loader, count_r
     assert len(count_runs) == 4
     meta = json.loads((tmp_path / "sweep.json").read_text())
     assert meta["kind"] == "grid" and meta["config"]["seed"] == 0
-    assert meta["config"]["values"]["epsilon"] == [1e-4, 1e-4, 1e-3, 1e-3]
+    assert meta["config"]["values"]["learning_rate"] == [1e-4, 1e-4, 1e-3, 1e-3]
     assert meta["config"]["grid"]["draws"] == sf.FAST["draws"]
     lines = (tmp_path / "results.csv").read_text().splitlines()
-    assert lines[0].startswith("point,epsilon,gamma,nbeta,llc_mean") and len(lines) == 5
+    assert lines[0].startswith("point,learning_rate,localization,nbeta,llc_mean") and len(lines) == 5
 
     again = grid(tmp_path, model, loader)
     assert len(count_runs) == 4  # nothing ran again
@@ -67,11 +78,11 @@ def test_files_and_resume_skips_finished_points(tmp_path, model, loader, count_r
 def test_config_mismatch_is_refused_with_a_field_diff(tmp_path, model, loader):
     grid(tmp_path, model, loader)
     with pytest.raises(ValueError, match="Differences") as info:
-        grid(tmp_path, model, loader, epsilon=(1e-4, 1e-2), draws=30)
+        grid(tmp_path, model, loader, learning_rate=(1e-4, 1e-2), draws=30)
     msg = str(info.value)
     assert "grid.draws: 20 -> 30" in msg
-    assert "grid.epsilon.range: [0.0001, 0.001] -> [0.0001, 0.01]" in msg
-    assert "values.epsilon" in msg and "overwrite=True" in msg
+    assert "grid.learning_rate.range: [0.0001, 0.001] -> [0.0001, 0.01]" in msg
+    assert "values.learning_rate" in msg and "overwrite=True" in msg
     with pytest.raises(ValueError, match="seed: 0 -> 1"):
         grid(tmp_path, model, loader, seed=1)
     with pytest.raises(ValueError, match="model.fingerprint"):
@@ -90,7 +101,7 @@ def test_no_resume_refuses_and_overwrite_starts_again(tmp_path, model, loader, c
     grid(tmp_path, model, loader)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         grid(tmp_path, model, loader, resume=False)
-    df = grid(tmp_path, model, loader, epsilon=1e-3, overwrite=True)
+    df = grid(tmp_path, model, loader, learning_rate=1e-3, overwrite=True)
     assert len(df) == 2 and len(count_runs) == 6
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 3
 

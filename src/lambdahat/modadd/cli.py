@@ -42,7 +42,8 @@ _LLC_DEFAULTS = source_constants(
     "DEFAULT_RESTRICT_TO_ORTH_GRAD",
 )
 DEFAULT_BATCH_SIZE = _LLC_DEFAULTS["DEFAULT_BATCH_SIZE"]
-#: The LLCConfig settings that llc_over_training and p_sweep take, with their modular-addition defaults.
+#: The LLCConfig settings that llc_over_training takes (the llc and sweep-p commands offer these), with their
+#: modular-addition defaults.
 LLC_FIELDS = (
     "draws",
     "chains",
@@ -151,7 +152,7 @@ def _load(run_dir: Path):
 
 def _checkpoint_index(run, checkpoint: int, hint: str = "--checkpoint") -> int:
     try:
-        return run._index(checkpoint)
+        return run.checkpoint_index(checkpoint)
     except (IndexError, TypeError) as exc:
         raise typer.BadParameter(str(exc), param_hint=hint) from None
 
@@ -180,7 +181,7 @@ def _timestamped(prefix: str) -> Path:
 
 
 def _modadd_llc(config) -> dict[str, Any]:
-    """The settings of ``config`` that llc_over_training and p_sweep take."""
+    """The settings of ``config`` that llc_over_training takes."""
     return {name: getattr(config, name) for name in LLC_FIELDS}
 
 
@@ -524,7 +525,7 @@ def register(app: typer.Typer) -> None:
                     run_ids=ids,
                     random_label_control=random_label_control,
                     overwrite=overwrite,
-                    **_modadd_llc(config),
+                    config=config,
                     batch_size=llc_batch_size,
                     seed=seed,
                 )

@@ -262,7 +262,9 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
         try:
             out["grid"] = GridSearchConfig(**grid, **est)
         except (TypeError, ValueError) as exc:
-            raise SweepConfigError(f"sweep config: {exc}") from exc
+            raise SweepConfigError(
+                f"sweep config: grid: {str(exc).removeprefix('GridSearchConfig: ')}"
+            ) from exc
     else:
         if "grid" in cfg:
             raise SweepConfigError("sweep config: grid belongs to kind: grid, not kind: checkpoints.")
@@ -437,9 +439,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a grid search or a checkpoint sweep described by CONFIG (YAML or TOML).
 
-        Every finished point is written at once to OUT/results.csv (with the sweep's definition in
-        OUT/sweep.json). Running the same command again resumes: finished points are skipped, failed ones
-        retried. Exit code 1 when some point failed, 2 for a configuration error.
+        CONFIG's sections: kind (grid or checkpoints); model (factory: "module:function", kwargs); estimator (LLCConfig settings by name: draws, chains, burnin_steps, learning_rate, localization, nbeta, dtype, ...); grid (learning_rate, localization, nbeta, each {range: \\[lo, hi]}, a list or a number, and estimates_per_dim for ranges); checkpoints or checkpoints_glob, and labels; run (seed, devices, chain_batch, compile, params, max_retries, executor, address, ray_resources, out_dir). The full schema is in the docstring of lambdahat.sweeps.cli.
+
+        Every finished point is written at once to OUT/results.csv (with the sweep's definition in OUT/sweep.json) and printed with its λ̂, MALA acceptance, R-hat and status. Running the same command again resumes: finished points are skipped, failed ones retried. Exit code 1 when some point failed, 2 for a configuration error.
         """
         if executor is not None and executor not in EXECUTORS:
             typer.echo(f"error: --executor must be one of {list(EXECUTORS)}; got {executor!r}.", err=True)
@@ -461,7 +463,7 @@ def register(app: typer.Typer) -> None:
         except RuntimeError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
-        typer.echo(df[[c for c in SHOWN_COLUMNS if c in df]].to_string())
+        typer.echo(df[[c for c in SHOWN_COLUMNS if c in df]].to_string(float_format=lambda v: f"{v:.4g}"))
         if plot:
             from .plots import plot_grid, plot_llc_over_checkpoints
 

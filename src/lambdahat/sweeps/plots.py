@@ -14,8 +14,8 @@ __all__ = ["flagged", "plot_grid", "plot_llc_over_checkpoints"]
 
 #: The legend of a flagged point: the trust policy in words (:func:`lambdahat.trust.describe`).
 FLAG_TEXT = f"untrusted: {trust.describe()}"
-AXES = ("epsilon", "gamma", "nbeta")
-LABELS = {"epsilon": "ε (learning_rate)", "gamma": "γ (localization)", "nbeta": "nβ"}
+AXES = ("learning_rate", "localization", "nbeta")
+LABELS = {"learning_rate": "ε (learning_rate)", "localization": "γ (localization)", "nbeta": "nβ"}
 
 
 def flagged(df: pd.DataFrame) -> pd.Series:
@@ -77,8 +77,8 @@ def plot_grid(df: pd.DataFrame, value: str = "llc_mean"):
     Parameters
     ----------
     df:
-        The table of :meth:`~lambdahat.sweeps.LLCGridSearch.run_grid_search` (columns ``epsilon``, ``gamma``,
-        ``nbeta``, ``llc_mean`` at least).
+        The table of :meth:`~lambdahat.sweeps.LLCGridSearch.run_grid_search` (columns ``learning_rate``,
+        ``localization``, ``nbeta``, ``llc_mean`` at least).
     value:
         The column to show (default ``"llc_mean"``).
 
@@ -95,8 +95,9 @@ def plot_grid(df: pd.DataFrame, value: str = "llc_mean"):
     varying = [a for a in AXES if df[a].nunique() > 1]
     flags = flagged(df)
     if len(varying) <= 1:
-        return _line(df, varying[0] if varying else "epsilon", value, flags)
-    rows_axis, cols_axis = ("epsilon", "gamma") if {"epsilon", "gamma"} <= set(varying) else tuple(varying)
+        return _line(df, varying[0] if varying else "learning_rate", value, flags)
+    pair = ("learning_rate", "localization")
+    rows_axis, cols_axis = pair if set(pair) <= set(varying) else tuple(varying)
     panel_axis = next(a for a in AXES if a not in (rows_axis, cols_axis))
     panel_values = sorted(df[panel_axis].unique())
     fig, axes = plt.subplots(
@@ -160,7 +161,7 @@ def _line(df: pd.DataFrame, axis: str, value: str, flags: pd.Series):
     bad = flags.loc[order.index].to_numpy()
     if bad.any():
         ax.plot(x[bad], y[bad], "x", color="red", markersize=12, markeredgewidth=2, label=FLAG_TEXT)
-    if axis in ("epsilon", "nbeta") and (x > 0).all():
+    if axis in ("learning_rate", "nbeta") and (x > 0).all():
         ax.set_xscale("log")
     ax.set_xlabel(LABELS[axis])
     ax.set_ylabel(value)
