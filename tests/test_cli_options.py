@@ -1,5 +1,5 @@
-"""CLI options generated from LLCConfig: what is read from config.py's source is LLCConfig, options parse into the
-expected config, aliases, errors, and no torch behind --help."""
+"""CLI options generated from LLCConfig: the settings are LLCConfig's fields, options parse into the expected
+config, aliases, errors, and no torch behind --help."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import lambdahat.cli_options
 from lambdahat import LLCConfig
-from lambdahat.cli_options import llc_options, option_name, source_defaults, source_settings
+from lambdahat.cli_options import llc_options, llc_settings, option_name
 from lambdahat.config import DTYPES, FIELD_HELP, MODEL_MODES, SAMPLER_NAMES
 
 OPTION_NAMES = [
@@ -38,22 +38,25 @@ OPTION_NAMES = [
 ]
 
 
-def test_the_source_reading_is_llcconfig():
-    settings = source_settings()
+def test_the_settings_are_llcconfigs_fields():
+    settings = llc_settings()
+    fields = dataclasses.fields(LLCConfig)
     assert tuple(s.name for s in settings) == LLCConfig.field_names()
+    assert [s.kind for s in settings] == [f.type for f in fields]
     assert {s.name: s.help for s in settings} == FIELD_HELP
     assert [option_name(s.name) for s in settings] == OPTION_NAMES
-    # the defaults read from source are LLCConfig's own
-    assert LLCConfig.from_dict({s.name: s.default for s in settings}) == LLCConfig()
+    # the defaults are LLCConfig's own (dtype by name; sampler_options a fresh dict)
+    defaults = {s.name: s.default for s in settings}
+    assert defaults["dtype"] == "float32" and defaults["sampler_options"] == {}
+    assert LLCConfig.from_dict(defaults) == LLCConfig()
+    assert LLCConfig.from_dict(defaults).to_dict() == defaults
     choices = {s.name: s.choices for s in settings if s.choices}
-    assert choices == {"dtype": tuple(DTYPES), "sampler": SAMPLER_NAMES, "model_mode": MODEL_MODES}
+    assert choices == {"dtype": DTYPES, "sampler": SAMPLER_NAMES, "model_mode": MODEL_MODES}
 
 
-def test_source_defaults_of_a_dataclass():
-    from lambdahat.modadd.train import ExperimentParams
-
-    expected = {f.name: getattr(ExperimentParams(), f.name) for f in dataclasses.fields(ExperimentParams)}
-    assert source_defaults("lambdahat.modadd.train", "ExperimentParams") == expected
+def test_every_kind_of_setting_has_an_option():
+    """A new LLCConfig field whose annotation the command line cannot parse fails here, not in a user's shell."""
+    llc_options()(lambda *, config: None)
 
 
 def make_app(**kwargs) -> typer.Typer:

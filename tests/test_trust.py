@@ -252,8 +252,8 @@ def test_one_policy_drives_warning_framing_and_table_status():
     # the sweep figures frame it (and only it)
     table = pd.DataFrame(
         [
-            {**result_row(ok), "epsilon": 1e-4, "gamma": 10.0, "nbeta": NBETA},
-            {**result_row(grown), "epsilon": 1e-3, "gamma": 10.0, "nbeta": NBETA},
+            {**result_row(ok), "learning_rate": 1e-4, "localization": 10.0, "nbeta": NBETA},
+            {**result_row(grown), "learning_rate": 1e-3, "localization": 10.0, "nbeta": NBETA},
         ]
     )
     assert sweep_plots.flagged(table).tolist() == [False, True]

@@ -7,148 +7,43 @@ Every command that takes sampling settings gets them from :func:`llc_options`, w
 ``--restrict-to-orth-grad/--no-restrict-to-orth-grad``, ``--model-mode``), with the field's line of
 ``FIELD_HELP`` as help, and hands the command the validated ``LLCConfig``.
 
-``lambdahat --help`` must answer in well under a second, and importing torch alone takes seconds, so this module
-never imports ``lambdahat.config`` (which needs torch) to *declare* the options: it reads the fields, their
-annotations and defaults, ``FIELD_HELP`` and the choice tables from the source of ``lambdahat/config.py`` with
-:mod:`ast` (:func:`source_settings`). ``LLCConfig`` itself is imported when a command runs and builds its config;
-the tests pin that what is read here is what ``LLCConfig`` holds. :func:`source_defaults` does the same for other
-dataclasses whose defaults a command shows (``ExperimentParams``).
+``lambdahat --help`` must answer in well under a second, and importing torch alone takes seconds: this module reads
+the fields of ``LLCConfig`` (:func:`llc_settings`) from :mod:`lambdahat.config`, which imports torch only when a
+config is built, so declaring the options costs no torch.
 """
 
 from __future__ import annotations
 
-import ast
+import dataclasses
 import functools
-import importlib.util
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+
+from .config import DTYPES, FIELD_HELP, MODEL_MODES, SAMPLER_NAMES, LLCConfig
 
 __all__ = [
     "Setting",
     "build_config",
     "llc_options",
+    "llc_settings",
     "option_name",
-    "source_constants",
-    "source_defaults",
-    "source_settings",
 ]
 
-CONFIG_MODULE = "lambdahat.config"
-#: String fields of ``LLCConfig`` whose values are one of a tuple (or the keys of a dict) in ``config.py``.
-_CHOICES = {"sampler": "SAMPLER_NAMES", "model_mode": "MODEL_MODES", "dtype": "DTYPES"}
-_NOT_LITERAL = object()
-
-
-# -- reading dataclasses and constants from source -----------------------------------------------------------------
-
-
-@functools.cache
-def _tree(module: str) -> ast.Module:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        raise RuntimeError(f"cli_options: cannot find the source of {module!r} to read its settings from.")
-    return ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-
-
-def _literal(node: ast.expr | None) -> Any:
-    try:
-        return ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError):
-        return _NOT_LITERAL
-
-
-def _default(node: ast.expr | None) -> Any:
-    """A field's default from its source: a literal, ``field(default=...)``/``field(default_factory=dict)``, or
-    the source text of anything else (e.g. ``"torch.float32"``)."""
-    if node is None:
-        return inspect.Parameter.empty
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "field":
-        for kw in node.keywords:
-            if kw.arg == "default":
-                return _default(kw.value)
-            if kw.arg == "default_factory" and isinstance(kw.value, ast.Name):
-                factory = {"dict": dict, "list": list, "tuple": tuple}.get(kw.value.id)
-                if factory is not None:
-                    return factory()
-        return ast.unparse(node)
-    value = _literal(node)
-    return ast.unparse(node) if value is _NOT_LITERAL else value
-
-
-@dataclass(frozen=True)
-class SourceField:
-    """One field of a dataclass as written in its source."""
-
-    name: str
-    annotation: str
-    default: Any
-
-
-@functools.cache
-def _dataclass_fields(module: str, cls: str) -> tuple[SourceField, ...]:
-    for node in _tree(module).body:
-        if isinstance(node, ast.ClassDef) and node.name == cls:
-            return tuple(
-                SourceField(item.target.id, ast.unparse(item.annotation), _default(item.value))
-                for item in node.body
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
-            )
-    raise RuntimeError(f"cli_options: {module} has no class {cls}.")
-
-
-def source_defaults(module: str, cls: str) -> dict[str, Any]:
-    """The defaults of a dataclass's fields, read from its source without importing the module.
-
-    Examples
-    --------
-    >>> defaults = source_defaults("lambdahat.config", "LLCConfig")
-    >>> defaults["draws"], defaults["dtype"], defaults["sampler_options"]
-    (200, 'torch.float32', {})
-    """
-    return {
-        f.name: f.default for f in _dataclass_fields(module, cls) if f.default is not inspect.Parameter.empty
-    }
-
-
-def source_constants(module: str, *names: str) -> dict[str, Any]:
-    """Module-level constants read from source without importing the module (a dict whose values are not literal
-    keeps its literal keys, with the values' source text)."""
-    found: dict[str, Any] = {}
-    for node in _tree(module).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            target, value = node.targets[0].id, node.value
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            target, value = node.target.id, node.value
-        else:
-            continue
-        if target in names:
-            literal = _literal(value)
-            if literal is _NOT_LITERAL and isinstance(value, ast.Dict):
-                literal = {_literal(k): ast.unparse(v) for k, v in zip(value.keys, value.values)}
-            if literal is _NOT_LITERAL:
-                raise RuntimeError(f"cli_options: {module}.{target} is not a literal.")
-            found[target] = literal
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise RuntimeError(f"cli_options: {module} defines no {missing}.")
-    return found
-
-
-# -- the settings of LLCConfig ---------------------------------------------------------------------------------------
+#: String fields of ``LLCConfig`` whose value is one of a tuple of names.
+_CHOICES: dict[str, tuple[str, ...]] = {"sampler": SAMPLER_NAMES, "model_mode": MODEL_MODES, "dtype": DTYPES}
 
 
 @dataclass(frozen=True)
 class Setting:
     """One ``LLCConfig`` field as the command line sees it.
 
-    ``kind`` is its annotation in ``config.py``; ``default`` the value the option shows and passes when omitted
-    (``dtype`` by name); ``choices`` the allowed strings of a choice field.
+    ``kind`` is its annotation in ``config.py`` (a string, e.g. ``"float | None"``); ``default`` the value the
+    option shows and passes when omitted (``dtype`` by name); ``choices`` the allowed strings of a choice field.
     """
 
     name: str
@@ -158,19 +53,30 @@ class Setting:
     choices: tuple[str, ...] | None = None
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"cli_options: LLCConfig.{f.name} has no default, so it cannot be an optional option.")
+
+
 @functools.cache
-def source_settings() -> tuple[Setting, ...]:
-    """The fields of ``LLCConfig``, in declaration order, read from ``lambdahat/config.py``."""
-    consts = source_constants(CONFIG_MODULE, "FIELD_HELP", *sorted(set(_CHOICES.values())))
-    helps = consts["FIELD_HELP"]
-    out = []
-    for f in _dataclass_fields(CONFIG_MODULE, "LLCConfig"):
-        default = f.default
-        if f.annotation == "torch.dtype" and isinstance(default, str):
-            default = default.removeprefix("torch.")
-        choices = tuple(consts[_CHOICES[f.name]]) if f.name in _CHOICES else None
-        out.append(Setting(f.name, f.annotation, default, helps.get(f.name, ""), choices))
-    return tuple(out)
+def llc_settings() -> tuple[Setting, ...]:
+    """The fields of ``LLCConfig``, in declaration order, with their defaults, help and choices.
+
+    Examples
+    --------
+    >>> draws, *_, model_mode = llc_settings()
+    >>> draws.name, draws.kind, draws.default, draws.help
+    ('draws', 'int', 200, 'draws per chain after burn-in')
+    >>> model_mode.choices
+    ('eval', 'train')
+    """
+    return tuple(
+        Setting(f.name, str(f.type), _field_default(f), FIELD_HELP.get(f.name, ""), _CHOICES.get(f.name))
+        for f in dataclasses.fields(LLCConfig)
+    )
 
 
 def option_name(field_name: str) -> str:
@@ -233,18 +139,16 @@ def _option(setting: Setting, default: Any, decl: str, panel: str | None, hidden
 
 
 def build_config(values: Mapping[str, Any], option_names: Mapping[str, str] | None = None):
-    """The :class:`~lambdahat.LLCConfig` of parsed option values (imports ``lambdahat.config``, and torch, now).
+    """The :class:`~lambdahat.LLCConfig` of parsed option values (building it imports torch).
 
     Raises ``typer.BadParameter`` (exit code 2) with ``LLCConfig``'s message, named by the option
     (``option_names``: the command's spelling where it is not :func:`option_name`'s), when a value is refused.
     """
-    from .config import LLCConfig
-
     try:
         return LLCConfig.from_dict(values)
     except ValueError as exc:
         message = str(exc).removeprefix("LLCConfig: ")
-        spelled = {s.name: option_name(s.name) for s in source_settings()} | dict(option_names or {})
+        spelled = {s.name: option_name(s.name) for s in llc_settings()} | dict(option_names or {})
         for field_name, decl in sorted(spelled.items(), key=lambda kv: -len(kv[0])):
             if message.startswith(f"{field_name} "):
                 raise typer.BadParameter(message.removeprefix(field_name + " "), param_hint=decl) from None
@@ -309,7 +213,7 @@ def llc_options(
     >>> print(CliRunner().invoke(app, ["--learning-rate", "auto"]).output.strip())
     50 auto
     """
-    settings = {s.name: s for s in source_settings()}
+    settings = {s.name: s for s in llc_settings()}
     chosen = list(settings) if fields is None else list(fields)
     for group, keys in (("fields", chosen), ("defaults", defaults or {}), ("names", names or {})):
         unknown = sorted(set(keys) - set(settings))

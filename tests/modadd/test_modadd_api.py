@@ -1,6 +1,8 @@
 import ast
 import doctest
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -56,7 +58,8 @@ def test_public_surface_is_pinned():
 
 
 @pytest.mark.parametrize(
-    "module", ["data", "model", "train", "fourier", "circuits", "plots", "llc", "sweep", "report", "demo"]
+    "module",
+    ["params", "data", "model", "train", "fourier", "circuits", "plots", "llc", "sweep", "report", "demo"],
 )
 def test_docstring_examples_run(module):
     mod = importlib.import_module(f"lambdahat.modadd.{module}")
@@ -75,3 +78,27 @@ def test_plots_never_use_pyplot_or_select_a_backend(module):
             imported |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
     assert not any("pyplot" in name for name in imported)
     assert "matplotlib.use(" not in src and ".show(" not in src
+
+
+def test_params_imports_no_heavy_library():
+    """ExperimentParams and the λ̂ defaults are read by `lambdahat modadd ... --help`, which must stay quick."""
+    script = (
+        "import sys\n"
+        "from lambdahat.modadd import ExperimentParams\n"
+        "import lambdahat.modadd.params as params\n"
+        "assert params.ExperimentParams is ExperimentParams\n"
+        "print('HEAVY', [m for m in ('torch', 'numpy', 'pandas', 'matplotlib') if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+def test_moved_definitions_are_reexported():
+    llc, model, params, train = (
+        importlib.import_module(f"lambdahat.modadd.{m}") for m in ("llc", "model", "params", "train")
+    )
+    assert train.ExperimentParams is params.ExperimentParams is modadd.ExperimentParams
+    assert model.Activation is params.Activation
+    for name in [n for n in llc.__all__ if n.startswith("DEFAULT_")]:
+        assert getattr(llc, name) is getattr(params, name), name

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -120,7 +119,7 @@ def test_every_command_has_help(command):
 
 
 def test_llc_options_defaults_are_the_libraries():
-    """The commands read their defaults from source (no torch behind --help); they are the library's."""
+    """The commands take their defaults from the torch-free lambdahat.modadd.params; they are the library's."""
     from lambdahat import LLCConfig
     from lambdahat.modadd import cli, llc_over_training
 
@@ -130,7 +129,16 @@ def test_llc_options_defaults_are_the_libraries():
     library.update(learning_rate=llc.DEFAULT_LEARNING_RATE, localization=llc.DEFAULT_LOCALIZATION)
     command = {name: cli.LLC_DEFAULTS.get(name, getattr(LLCConfig(), name)) for name in cli.LLC_FIELDS}
     assert command == library
-    assert cli._D == SimpleNamespace(**dataclasses.asdict(ExperimentParams()))
+
+
+def test_train_options_defaults_are_experimentparams():
+    import typer
+
+    train = typer.main.get_command(app).commands["modadd"].commands["train"]
+    defaults = {p.name: p.default for p in train.params}
+    expected = dataclasses.asdict(ExperimentParams())
+    assert set(expected) <= set(defaults)
+    assert {name: defaults[name] for name in expected} == expected
 
 
 def test_train_writes_a_run(run_dir):

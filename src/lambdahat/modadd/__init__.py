@@ -17,7 +17,8 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-# Imported on first use (PEP 562), so that the `lambdahat modadd ...` commands' --help needs no torch.
+# Imported on first use (PEP 562), so that the `lambdahat modadd ...` commands' --help needs no torch
+# (ExperimentParams comes from the torch-free lambdahat.modadd.params).
 _EXPORTS = {
     "CircuitModel": "circuits",
     "CircuitReport": "circuits",
@@ -50,7 +51,7 @@ _EXPORTS = {
     "plot_training_curves": "plots",
     "p_sweep": "sweep",
     "plot_llc_vs_p": "sweep",
-    "ExperimentParams": "train",
+    "ExperimentParams": "params",
     "Run": "train",
     "build_model": "train",
     "checkpoint_steps": "train",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:
     )
     from lambdahat.modadd.llc import llc_over_training, plot_llc_over_training
     from lambdahat.modadd.model import ModAddModel
+    from lambdahat.modadd.params import ExperimentParams
     from lambdahat.modadd.plots import (
         plot_mode_ablation,
         plot_mode_circle,
@@ -94,7 +96,6 @@ if TYPE_CHECKING:
     )
     from lambdahat.modadd.sweep import p_sweep, plot_llc_vs_p
     from lambdahat.modadd.train import (
-        ExperimentParams,
         Run,
         build_model,
         checkpoint_steps,

@@ -6,9 +6,10 @@ models are tiny, and on a loaded 2-core machine one thread measured about 3x fas
 results. The library functions never change the thread count; only these commands do.
 
 The λ̂ options of ``llc`` and ``sweep-p`` are generated from :class:`~lambdahat.LLCConfig`
-(:mod:`lambdahat.cli_options`) with modular addition's measured defaults (:mod:`lambdahat.modadd.llc`); the
-sampler's weight decay is ``--llc-weight-decay`` because ``--weight-decay`` is the training's. Nothing here imports
-torch until a command runs, so ``--help`` is quick.
+(:mod:`lambdahat.cli_options`) with modular addition's measured defaults; the sampler's weight decay is
+``--llc-weight-decay`` because ``--weight-decay`` is the training's. The training options and all these defaults
+come from the torch-free :mod:`lambdahat.modadd.params`: nothing here imports torch until a command runs, so
+``--help`` is quick.
 """
 
 from __future__ import annotations
@@ -20,28 +21,27 @@ import warnings
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
 
-from lambdahat.cli_options import llc_options, source_constants, source_defaults
+from lambdahat.cli_options import llc_options
+from lambdahat.modadd.params import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BURNIN_STEPS,
+    DEFAULT_CHAINS,
+    DEFAULT_DRAWS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_LOCALIZATION,
+    DEFAULT_RESTRICT_TO_ORTH_GRAD,
+    Activation,
+    ExperimentParams,
+)
 
 __all__ = ["register"]
 
-#: ExperimentParams' defaults, read from its source (importing lambdahat.modadd.train would import torch).
-_D = SimpleNamespace(**source_defaults("lambdahat.modadd.train", "ExperimentParams"))
-_LLC_DEFAULTS = source_constants(
-    "lambdahat.modadd.llc",
-    "DEFAULT_LOCALIZATION",
-    "DEFAULT_LEARNING_RATE",
-    "DEFAULT_DRAWS",
-    "DEFAULT_BURNIN_STEPS",
-    "DEFAULT_CHAINS",
-    "DEFAULT_BATCH_SIZE",
-    "DEFAULT_RESTRICT_TO_ORTH_GRAD",
-)
-DEFAULT_BATCH_SIZE = _LLC_DEFAULTS["DEFAULT_BATCH_SIZE"]
+#: The defaults of the training options.
+_D = ExperimentParams()
 #: The LLCConfig settings that llc_over_training takes (the llc and sweep-p commands offer these), with their
 #: modular-addition defaults.
 LLC_FIELDS = (
@@ -55,12 +55,12 @@ LLC_FIELDS = (
     "restrict_to_orth_grad",
 )
 LLC_DEFAULTS = {
-    "draws": _LLC_DEFAULTS["DEFAULT_DRAWS"],
-    "chains": _LLC_DEFAULTS["DEFAULT_CHAINS"],
-    "burnin_steps": _LLC_DEFAULTS["DEFAULT_BURNIN_STEPS"],
-    "learning_rate": _LLC_DEFAULTS["DEFAULT_LEARNING_RATE"],
-    "localization": _LLC_DEFAULTS["DEFAULT_LOCALIZATION"],
-    "restrict_to_orth_grad": _LLC_DEFAULTS["DEFAULT_RESTRICT_TO_ORTH_GRAD"],
+    "draws": DEFAULT_DRAWS,
+    "chains": DEFAULT_CHAINS,
+    "burnin_steps": DEFAULT_BURNIN_STEPS,
+    "learning_rate": DEFAULT_LEARNING_RATE,
+    "localization": DEFAULT_LOCALIZATION,
+    "restrict_to_orth_grad": DEFAULT_RESTRICT_TO_ORTH_GRAD,
 }
 _TRAIN = "Training (ExperimentParams)"
 _LLC = "λ̂ estimation"
@@ -71,15 +71,6 @@ THREADS_HELP = (
     "PyTorch intra-op threads. Default 1: these models are tiny, and on a 2-core machine 1 thread measured "
     "3x (training) to 8x (λ̂) faster than 2, with identical results."
 )
-
-
-class Activation(StrEnum):
-    gelu = "gelu"
-    relu = "relu"
-    quad = "quad"
-
-
-_DEFAULT_ACTIVATION = Activation(_D.activation)
 
 
 class Executor(StrEnum):
@@ -223,7 +214,7 @@ def register(app: typer.Typer) -> None:
         p: Annotated[int, typer.Option("--p", min=2, help="The modulus.", rich_help_panel=_TRAIN)] = _D.p,
         embed_dim: Annotated[int, typer.Option(min=1, rich_help_panel=_TRAIN)] = _D.embed_dim,
         hidden_size: Annotated[int, typer.Option(min=1, rich_help_panel=_TRAIN)] = _D.hidden_size,
-        activation: Annotated[Activation, typer.Option(rich_help_panel=_TRAIN)] = _DEFAULT_ACTIVATION,
+        activation: Annotated[Activation, typer.Option(rich_help_panel=_TRAIN)] = _D.activation,
         tie_unembed: Annotated[
             bool, typer.Option(help="Unembed through Eᵀ.", rich_help_panel=_TRAIN)
         ] = False,
@@ -275,14 +266,14 @@ def register(app: typer.Typer) -> None:
         The defaults train a GELU network on p = 53 that memorizes its half of the pairs by step ~1000 and generalizes by step ~1600 (about 6 s on one thread).
         """
         from lambdahat.modadd.report import write_training_curves
-        from lambdahat.modadd.train import ExperimentParams, train
+        from lambdahat.modadd.train import train
 
         try:
             params = ExperimentParams(
                 p=p,
                 embed_dim=embed_dim,
                 hidden_size=hidden_size,
-                activation=activation.value,
+                activation=activation,
                 tie_unembed=tie_unembed,
                 linear_1_tied=linear_1_tied,
                 scale_embed=scale_embed,
@@ -458,7 +449,7 @@ def register(app: typer.Typer) -> None:
         ] = True,
         embed_dim: Annotated[int, typer.Option(min=1, rich_help_panel=_TRAIN)] = _D.embed_dim,
         hidden_size: Annotated[int, typer.Option(min=1, rich_help_panel=_TRAIN)] = _D.hidden_size,
-        activation: Annotated[Activation, typer.Option(rich_help_panel=_TRAIN)] = _DEFAULT_ACTIVATION,
+        activation: Annotated[Activation, typer.Option(rich_help_panel=_TRAIN)] = _D.activation,
         train_frac: Annotated[
             float,
             typer.Option(
@@ -493,7 +484,6 @@ def register(app: typer.Typer) -> None:
         Writes OUT/p_sweep.csv, OUT/llc_vs_p.png and the runs under OUT/runs/ (complete runs found there are reused, so an interrupted sweep resumes). Three ps with the control take about a minute.
         """
         from lambdahat.modadd.sweep import SWEEP_TABLE, p_sweep, plot_llc_vs_p
-        from lambdahat.modadd.train import ExperimentParams
 
         p_list = _int_list(ps, "--ps")
         if min(p_list) < 2:
@@ -503,7 +493,7 @@ def register(app: typer.Typer) -> None:
             params = ExperimentParams(
                 embed_dim=embed_dim,
                 hidden_size=hidden_size,
-                activation=activation.value,
+                activation=activation,
                 train_frac=train_frac,
                 lr=lr,
                 weight_decay=weight_decay,

@@ -40,6 +40,15 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from lambdahat.estimator import LLCEstimator, nbeta_from_effective_size
+from lambdahat.modadd.params import (  # the defaults live there, torch-free, for the command line
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BURNIN_STEPS,
+    DEFAULT_CHAINS,
+    DEFAULT_DRAWS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_LOCALIZATION,
+    DEFAULT_RESTRICT_TO_ORTH_GRAD,
+)
 from lambdahat.modadd.train import Run, build_model, load_run
 from lambdahat.sweeps.checkpoints import llc_over_checkpoints
 from lambdahat.trust import status_kind
@@ -58,17 +67,6 @@ __all__ = [
     "plot_llc_over_training",
     "resolve_aliases",
 ]
-
-#: γ, the pull towards ``w*`` (the hackathon's ``gamma``).
-DEFAULT_LOCALIZATION = 100.0
-#: ε, the SGLD step size (the hackathon's ``epsilon``).
-DEFAULT_LEARNING_RATE = 1e-4
-DEFAULT_DRAWS = 200
-DEFAULT_BURNIN_STEPS = 300
-DEFAULT_CHAINS = 4
-DEFAULT_BATCH_SIZE = 64
-#: Sample orthogonally to the full-batch gradient at ``w*`` (checkpoints early in training are far from a minimum).
-DEFAULT_RESTRICT_TO_ORTH_GRAD = True
 
 #: The columns of :func:`llc_over_training`'s table, in order (more may follow).
 LLC_COLUMNS = (

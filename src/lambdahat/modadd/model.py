@@ -8,7 +8,6 @@ through the transpose of ``E`` (tied).
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +15,10 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from lambdahat.modadd._seeding import generator
+from lambdahat.modadd.params import ACTIVATIONS as _ACTIVATIONS
+from lambdahat.modadd.params import Activation
 
 __all__ = ["Activation", "ModAddModel"]
-
-Activation = Literal["gelu", "relu", "quad"]
-_ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 
 
 def _positive_int(value: int, name: str) -> int:

@@ -8,12 +8,13 @@ A run directory holds::
 
 Files are written so that an interrupted training leaves a loadable directory: each checkpoint is written to a
 temporary file and renamed into place, then its row is appended to ``record.csv`` in a single write.
+
+:class:`ExperimentParams` is defined in the torch-free :mod:`lambdahat.modadd.params` and re-exported here.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -34,7 +35,8 @@ from tqdm.auto import tqdm
 
 from lambdahat.modadd._seeding import generator
 from lambdahat.modadd.data import make_dataset, train_test_split
-from lambdahat.modadd.model import Activation, ModAddModel
+from lambdahat.modadd.model import ModAddModel
+from lambdahat.modadd.params import ExperimentParams
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -53,119 +55,6 @@ RUN_FORMAT = "lambdahat.modadd.run"
 RUN_FORMAT_VERSION = 1
 RECORD_COLUMNS = ("checkpoint", "step", "train_loss", "test_loss", "train_acc", "test_acc")
 _CKPT_RE = re.compile(r"^ckpt_(\d{4,})\.safetensors$")
-
-
-@dataclass(frozen=True)
-class ExperimentParams:
-    """Everything that defines one modular-addition training run (the run is a pure function of these).
-
-    The defaults train a small GELU network on ``p = 53`` (half of the pairs for training) that groks in a few
-    seconds on a CPU (see the notes of :func:`train` on threads): the training accuracy reaches 0.99 around step
-    1000 while the test accuracy is still below 0.2, then the weight decay pulls the test accuracy above 0.9 by
-    step 1600-2100 and to 0.99-1.0 at step 4000 (checked for run_id 0 .. 9).
-
-    Parameters
-    ----------
-    p : int
-        The modulus.
-    embed_dim, hidden_size : int
-        Widths of the embedding and the hidden layer.
-    activation : {"gelu", "relu", "quad"}
-        Hidden nonlinearity.
-    tie_unembed, linear_1_tied, scale_embed, scale_linear_1_factor, freeze_middle
-        Architecture options, see :class:`ModAddModel`.
-    use_random_dataset : bool
-        Train on the memorization control (random labels) instead of ``(a + b) mod p``.
-    train_frac : float
-        Fraction of the ``p²`` pairs in the training split, in ``(0, 1]``.
-    lr : float
-        Adam learning rate.
-    weight_decay : float
-        Coupled L2 weight decay of Adam (``torch.optim.Adam(weight_decay=...)``: ``g ← g + wd · w``).
-    batch_size : int
-        Minibatch size; minibatches are drawn with replacement from the training split.
-    n_batches : int
-        Number of optimizer steps.
-    n_save_model_checkpoints : int
-        Number of checkpoints, evenly spaced over ``0 .. n_batches`` (see :func:`checkpoint_steps`);
-        checkpoint 0 is the initialization and the last is the final model. Between 2 and ``n_batches + 1``.
-    num_no_weight_decay_steps : int
-        The first this-many steps use weight decay 0.
-    run_id : int
-        The seed: initialization, split, random labels and minibatch order are all derived from it.
-    """
-
-    p: int = 53
-    embed_dim: int = 32
-    hidden_size: int = 128
-    activation: Activation = "gelu"
-    tie_unembed: bool = False
-    linear_1_tied: bool = False
-    scale_embed: float = 1.0
-    scale_linear_1_factor: float = 1.0
-    freeze_middle: bool = False
-    use_random_dataset: bool = False
-    train_frac: float = 0.5
-    lr: float = 0.003
-    weight_decay: float = 3e-3
-    batch_size: int = 128
-    n_batches: int = 4000
-    n_save_model_checkpoints: int = 41
-    num_no_weight_decay_steps: int = 0
-    run_id: int = 0
-
-    def __post_init__(self) -> None:
-        def bad(name: str, expected: str) -> ValueError:
-            value = getattr(self, name)
-            return ValueError(f"ExperimentParams: {name} must be {expected}, got {value!r}.")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if not is_int(self.p) or self.p < 2:
-            raise bad("p", "an integer >= 2 (the modulus, e.g. 53)")
-        for name in ("embed_dim", "hidden_size", "batch_size", "n_batches"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise bad(name, "a positive integer")
-        if not is_int(self.num_no_weight_decay_steps) or self.num_no_weight_decay_steps < 0:
-            raise bad("num_no_weight_decay_steps", "a non-negative integer")
-        if not is_int(self.run_id):
-            raise bad("run_id", "an integer (the seed)")
-        n_ckpt = self.n_save_model_checkpoints
-        if not is_int(n_ckpt) or not 2 <= n_ckpt <= self.n_batches + 1:
-            raise bad(
-                "n_save_model_checkpoints",
-                f"an integer in [2, n_batches + 1] = [2, {self.n_batches + 1}] "
-                "(checkpoint 0 is the initialization and the last one the final model)",
-            )
-        if self.activation not in ("gelu", "relu", "quad"):
-            raise bad("activation", "one of 'gelu', 'relu', 'quad'")
-        if not isinstance(self.train_frac, (int, float)) or not 0.0 < self.train_frac <= 1.0:
-            raise bad("train_frac", "a number in (0, 1]")
-        for name in ("lr", "weight_decay", "scale_embed", "scale_linear_1_factor"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise bad(name, "a finite number")
-        if self.lr <= 0:
-            raise bad("lr", "positive")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "non-negative")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a plain dict (JSON-serializable)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ExperimentParams:
-        """Build from a dict; unknown keys raise (a typo must not silently become a default)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"ExperimentParams.from_dict: unknown field(s) {unknown}; the known fields are "
-                f"{sorted(known)}."
-            )
-        return cls(**values)
 
 
 def checkpoint_steps(n_batches: int, n_checkpoints: int) -> list[int]:
