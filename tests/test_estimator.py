@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lambdahat
-from lambdahat.samplers import Info
 from lambdahat import LLCEstimator, LLCResult, nbeta_from_effective_size
+from lambdahat.samplers import Info
 
 
 def test_public_surface_is_pinned():

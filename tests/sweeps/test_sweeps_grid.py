@@ -29,6 +29,7 @@ COLUMNS = [
     "mala_acceptance",
     "rhat",
     "ess",
+    "temperature",
     "n_diverged",
     "status",
     "error",

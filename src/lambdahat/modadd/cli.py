@@ -344,7 +344,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Estimate λ̂ at every checkpoint of RUN_DIR; write llc_over_training.csv and .png.
 
-        Results are stored as they come in OUT/sweep (results.csv): an interrupted run of the same command resumes. Defaults: γ = 100, ε = 1e-4, 4 chains × 200 draws after 300 burn-in steps, batch 64, nβ = n / log n, orthogonal restriction (MALA acceptance 0.91-0.95 on the default run; ~2 s per checkpoint).
+        Results are stored as they come in OUT/sweep (results.csv): an interrupted run of the same command resumes. Defaults: γ = 100, ε = 1e-4, 8 chains × 200 draws after 300 burn-in steps, batch 64, nβ = n / log n, orthogonal restriction (MALA acceptance 0.91-0.95 on the default run; ~3.5 s per checkpoint).
         """
         from lambdahat.modadd.llc import llc_over_training
         from lambdahat.modadd.report import write_llc_report

@@ -38,7 +38,7 @@ DEFAULT_LOCALIZATION = 100.0
 DEFAULT_LEARNING_RATE = 1e-4
 DEFAULT_DRAWS = 200
 DEFAULT_BURNIN_STEPS = 300
-DEFAULT_CHAINS = 4
+DEFAULT_CHAINS = 8
 DEFAULT_BATCH_SIZE = 64
 #: Sample orthogonally to the full-batch gradient at ``w*`` (checkpoints early in training are far from a minimum).
 DEFAULT_RESTRICT_TO_ORTH_GRAD = True

@@ -95,7 +95,7 @@ LLC_DIR = "llc"
 #: accuracy or above.
 GENERALIZED_TEST_ACC = 0.9
 #: The λ̂ settings of :func:`p_sweep` when neither ``config`` nor keywords are given: those of
-#: :func:`~lambdahat.modadd.llc_over_training` (γ = 100, ε = 1e-4, 4 chains × 200 draws after 300 burn-in steps,
+#: :func:`~lambdahat.modadd.llc_over_training` (γ = 100, ε = 1e-4, 8 chains × 200 draws after 300 burn-in steps,
 #: nβ = n / log n of each model's training split, orthogonal restriction).
 DEFAULT_LLC_CONFIG = LLCConfig(
     draws=DEFAULT_DRAWS,

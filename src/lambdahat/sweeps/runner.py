@@ -40,6 +40,7 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     ("mala_acceptance", "float"),
     ("rhat", "float"),
     ("ess", "float"),
+    ("temperature", "float"),
     ("n_diverged", "int"),
 )
 #: Columns the sweep adds to every row. ``status`` is the trust policy's verdict of a point that ran (``"ok"``,
@@ -96,6 +97,7 @@ def result_row(result) -> dict[str, Any]:
         "mala_acceptance": float(result.mala_acceptance),
         "rhat": float(result.rhat),
         "ess": float(result.ess),
+        "temperature": float(result.temperature),
         "n_diverged": int(result.diverged.sum()),
         "warnings": "; ".join(result.warnings) or None,
         "status": result.status_line,
