@@ -23,6 +23,7 @@ __all__ = [
     "exact_log_accept",
     "langevin_log_accept",
     "localized_drift",
+    "log_proposal_ratio",
     "mala_log_accept",
     "potential",
     "project",
@@ -133,6 +134,29 @@ def finish_position(theta: torch.Tensor, ctx: Context) -> torch.Tensor:
     return torch.minimum(torch.maximum(theta, ctx.w_star - ctx.box), ctx.w_star + ctx.box)
 
 
+def log_proposal_ratio(
+    prev_theta: torch.Tensor,
+    theta: torch.Tensor,
+    prev_drift: torch.Tensor,
+    drift: torch.Tensor,
+    learning_rate: torch.Tensor,
+    prev_precond: torch.Tensor | float = 1.0,
+    precond: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """``log q(w|w') − log q(w'|w)`` per chain for the Langevin proposal
+    ``q(w'|w) = N(w'; w − (ε/2) G ∇U(w), ε G)`` (``G`` diagonal; ``prev_*`` belong to ``w``)."""
+    step = theta - prev_theta
+    half = 0.5 * learning_rate
+    fwd = step + half * prev_precond * prev_drift
+    bwd = -step + half * precond * drift
+    log_q_fwd = -(fwd * fwd / prev_precond).sum(-1) / (2 * learning_rate)
+    log_q_bwd = -(bwd * bwd / precond).sum(-1) / (2 * learning_rate)
+    if isinstance(prev_precond, torch.Tensor):
+        log_q_fwd = log_q_fwd - 0.5 * torch.log(prev_precond).sum(-1)
+        log_q_bwd = log_q_bwd - 0.5 * torch.log(precond).sum(-1)
+    return log_q_bwd - log_q_fwd
+
+
 def mala_log_accept(
     prev_theta: torch.Tensor,
     theta: torch.Tensor,
@@ -156,17 +180,9 @@ def mala_log_accept(
     at large nβ swamps ``U(w) - U(w')`` and drives a loss-based acceptance towards 0.5 whatever the step.
     ``prev_*`` belong to ``w``, the others to ``w'``; NaN where ``prev_drift`` is NaN (no previous step).
     """
-    step = theta - prev_theta
-    half = 0.5 * learning_rate
-    fwd = step + half * prev_precond * prev_drift
-    bwd = -step + half * precond * drift
-    log_q_fwd = -(fwd * fwd / prev_precond).sum(-1) / (2 * learning_rate)
-    log_q_bwd = -(bwd * bwd / precond).sum(-1) / (2 * learning_rate)
-    if isinstance(prev_precond, torch.Tensor):
-        log_q_fwd = log_q_fwd - 0.5 * torch.log(prev_precond).sum(-1)
-        log_q_bwd = log_q_bwd - 0.5 * torch.log(precond).sum(-1)
-    delta_potential = 0.5 * ((prev_drift + drift) * step).sum(-1)
-    return torch.clamp(-delta_potential + log_q_bwd - log_q_fwd, max=0.0)
+    log_ratio = log_proposal_ratio(prev_theta, theta, prev_drift, drift, learning_rate, prev_precond, precond)
+    delta_potential = 0.5 * ((prev_drift + drift) * (theta - prev_theta)).sum(-1)
+    return torch.clamp(-delta_potential + log_ratio, max=0.0)
 
 
 def potential(loss: torch.Tensor, theta: torch.Tensor, delta: torch.Tensor, hyper: Hyper, ctx: Context):
@@ -197,16 +213,8 @@ def exact_log_accept(
 
     with the potentials themselves (valid when ``U`` is the full-data potential, the same function at both points).
     """
-    step = theta - prev_theta
-    half = 0.5 * learning_rate
-    fwd = step + half * prev_precond * prev_drift
-    bwd = -step + half * precond * drift
-    log_q_fwd = -(fwd * fwd / prev_precond).sum(-1) / (2 * learning_rate)
-    log_q_bwd = -(bwd * bwd / precond).sum(-1) / (2 * learning_rate)
-    if isinstance(prev_precond, torch.Tensor):
-        log_q_fwd = log_q_fwd - 0.5 * torch.log(prev_precond).sum(-1)
-        log_q_bwd = log_q_bwd - 0.5 * torch.log(precond).sum(-1)
-    return torch.clamp(prev_potential - potential_now + log_q_bwd - log_q_fwd, max=0.0)
+    log_ratio = log_proposal_ratio(prev_theta, theta, prev_drift, drift, learning_rate, prev_precond, precond)
+    return torch.clamp(prev_potential - potential_now + log_ratio, max=0.0)
 
 
 class Previous(NamedTuple):
