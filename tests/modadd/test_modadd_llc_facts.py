@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import pytest
 import torch
@@ -41,9 +40,7 @@ def sweep(tmp_path_factory):
     torch.set_num_threads(1)  # module-scoped: the per-test one-thread fixture does not cover it
     try:
         params = ExperimentParams(train_frac=0.8, n_batches=2000, n_save_model_checkpoints=2)
-        t0 = time.perf_counter()
         df = p_sweep([17, 23], params, tmp_path_factory.mktemp("sweep"), show_progress=False)
-        df.attrs["seconds"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
     return df
@@ -61,7 +58,6 @@ def test_the_sweep_models_did_what_they_were_meant_to(sweep):
         assert true.test_acc >= 0.9, sweep.to_string()  # generalized (measured 1.0)
         assert rnd.train_acc >= 0.9 and rnd.test_acc < 0.2, sweep.to_string()  # memorized random labels
     assert (sweep["mala_acceptance"] >= 0.9).all(), sweep.to_string()  # measured 0.975-0.99
-    assert sweep.attrs["seconds"] < 60
 
 
 def test_a_random_labels_give_a_larger_llc_than_the_generalizing_model(sweep):
@@ -86,7 +82,6 @@ def test_c_llc_rises_while_memorizing_and_falls_after_the_test_loss_drops(tmp_pa
     0.006), 1200: 102.3, 1600: 79.0 (test acc 0.91), ..., 4000: 64.0 ± 0.7. Rise 68, fall 66: both about 50
     combined stderrs.
     """
-    t0 = time.perf_counter()
     params = dataclasses.replace(ExperimentParams(), n_save_model_checkpoints=11)
     run = train(params, tmp_path / "run", show_progress=False)
     df = llc_over_training(run, show_progress=False)
@@ -111,4 +106,3 @@ def test_c_llc_rises_while_memorizing_and_falls_after_the_test_loss_drops(tmp_pa
     assert llc[-1] < 0.85 * llc[peak], table
     # ... to a plateau: the last three checkpoints (steps 3200-4000) agree within 5 % of the final value
     assert abs(llc[-3:] - llc[-1]).max() < 0.05 * llc[-1], table
-    assert time.perf_counter() - t0 < 60
