@@ -379,3 +379,14 @@ def test_per_sample_losses_stream_to_disk_in_blocks(tmp_path, monkeypatch):
     assert torch.equal(in_memory.per_sample_losses, on_disk.per_sample_losses)
     assert not torch.isnan(in_memory.per_sample_losses).any()
     assert np.load(path, mmap_mode="r").shape == (cfg.chains, cfg.draws, 10)
+
+
+def test_runs_with_other_seeds_and_observables_on_one_problem_are_not_mistaken_for_changing_data():
+    x, y = regression()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    other = DataLoader(TensorDataset(x.flip(0), y.flip(0)), batch_size=16, shuffle=True)
+    problem = prepare(
+        fitted_linear(x, y), loader, CFG, criterion_fn=F.mse_loss, observables=other, compile=False
+    )
+    for seed in (0, 1, 0):
+        assert math.isfinite(sample(problem, CFG, seed=seed, chain_batch=1, **QUIET).llc_mean)

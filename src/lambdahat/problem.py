@@ -145,7 +145,6 @@ class Problem:
     evaluation: list[EvaluationSet] | None
     compile: bool | str
     full_batch: bool = False
-    ledger: PassLedger = field(default_factory=PassLedger)
     _steps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -217,8 +216,11 @@ class Problem:
         """Whether a compiled step for this model and config is already in memory."""
         return compiled_step_available(self.model, self._signature(0, config))
 
-    def feed(self, slot: int, seed: int, observables: bool = False) -> DataFeed:
-        """A fresh endless data feed on a slot's device (every feed of one seed yields the same batches)."""
+    def feed(
+        self, slot: int, seed: int, observables: bool = False, ledger: PassLedger | None = None
+    ) -> DataFeed:
+        """A fresh endless data feed on a slot's device (every feed of one seed yields the same batches); feeds
+        that share a ``ledger`` (one per loader and run) check that they do."""
         fm = self.slots[slot]
         loader = self.observables if observables else self.loader
         return DataFeed(
@@ -227,7 +229,7 @@ class Problem:
             fm.device,
             seed + (1 if observables else 0),
             _input_dtype(fm.param_dtype),
-            ledger=self.ledger,
+            ledger=ledger,
         )
 
 
@@ -317,8 +319,7 @@ def prepare(
     ]
     main = slots[0]
     in_dtype = _input_dtype(main.param_dtype)
-    ledger = PassLedger()
-    feed = DataFeed(loader, objective.unpack, main.device, ANCHOR_SEED, in_dtype, ledger=None)
+    feed = DataFeed(loader, objective.unpack, main.device, ANCHOR_SEED, in_dtype)
     anchor = anchor_pass(main, feed, config.restrict_to_orth_grad)
     init_loss, direction = anchor.init_loss, anchor.direction
     if observables is not None:
@@ -346,7 +347,6 @@ def prepare(
         evaluation=evaluation_sets,
         compile=compile,
         full_batch=observables is None and anchor.batches == 1 and _fixed_data(loader),
-        ledger=ledger,
     )
 
 
@@ -452,12 +452,15 @@ def run_chains(
     else:
         use_compile = bool(problem.compile)
 
+    ledgers = (PassLedger(), PassLedger())  # the loader's and the observables' passes, for this run
     jobs = [
         SlotJob(
             fm=fm,
             step_fn=problem.step_function(slot, config, use_compile),
-            feed=problem.feed(slot, seed),
-            observables=None if problem.observables is None else problem.feed(slot, seed, observables=True),
+            feed=problem.feed(slot, seed, ledger=ledgers[0]),
+            observables=None
+            if problem.observables is None
+            else problem.feed(slot, seed, observables=True, ledger=ledgers[1]),
             hyper=hyper_on(fm),
             ctx=ctx_on(fm),
             evaluation=None if problem.evaluation is None else problem.evaluation[slot],
