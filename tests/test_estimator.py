@@ -26,13 +26,18 @@ def test_public_surface_is_pinned():
         "LLCEstimator",
         "LLCGridSearch",
         "LLCResult",
+        "LossKernel",
         "Problem",
         "Sampler",
+        "Susceptibilities",
         "__version__",
+        "bif",
         "calibrate",
         "calibrate_problem",
         "calibrated_estimator",
         "llc_over_checkpoints",
+        "loss_gain",
+        "loss_kernel",
         "nbeta_from_effective_size",
         "plot_diagnostics",
         "plot_grid",
@@ -40,6 +45,7 @@ def test_public_surface_is_pinned():
         "plot_trace",
         "prepare",
         "sample",
+        "susceptibilities",
     }
     for name in lambdahat.__all__:
         assert hasattr(lambdahat, name)

@@ -4,7 +4,8 @@ The public surface is re-exported here; everything else lives in modules with on
 ``config`` (LLCConfig, every sampling setting), ``problem`` (prepare once: model copies, data, L0),
 ``estimator`` (sample, and LLCEstimator, the canonical-interp facade), ``samplers`` (SGLD, RMSProp-SGLD, SGNHT), ``chains`` (the vmapped runner),
 ``result`` / ``diagnostics`` (LLCResult, R-hat, ESS, MALA acceptance, divergence), ``calibration`` (automatic step
-size), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``plotting``, ``truth`` (closed-form
+size), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``influence`` / ``susceptibility`` (BIF, loss
+kernel and susceptibilities from per-sample losses at the draws), ``plotting``, ``truth`` (closed-form
 learning coefficients and their models), ``validation`` and ``modadd`` (the modular-addition toolkit).
 """
 
@@ -20,6 +21,10 @@ _EXPORTS = {
     "calibrated_estimator": "calibration",
     "LLCConfig": "config",
     "LLCEstimator": "estimator",
+    "LossKernel": "influence",
+    "bif": "influence",
+    "loss_gain": "influence",
+    "loss_kernel": "influence",
     "nbeta_from_effective_size": "estimator",
     "sample": "estimator",
     "plot_diagnostics": "plotting",
@@ -28,6 +33,8 @@ _EXPORTS = {
     "prepare": "problem",
     "LLCResult": "result",
     "Sampler": "samplers",
+    "Susceptibilities": "susceptibility",
+    "susceptibilities": "susceptibility",
     "GridSearchConfig": "sweeps",
     "LLCGridSearch": "sweeps",
     "llc_over_checkpoints": "sweeps",
@@ -39,10 +46,12 @@ if TYPE_CHECKING:
     from .calibration import Calibration, CalibrationError, calibrate, calibrate_problem, calibrated_estimator
     from .config import LLCConfig
     from .estimator import LLCEstimator, nbeta_from_effective_size, sample
+    from .influence import LossKernel, bif, loss_gain, loss_kernel
     from .plotting import plot_diagnostics, plot_trace
     from .problem import Problem, prepare
     from .result import LLCResult
     from .samplers import Sampler
+    from .susceptibility import Susceptibilities, susceptibilities
     from .sweeps import (
         GridSearchConfig,
         LLCGridSearch,
@@ -82,13 +91,18 @@ __all__ = [
     "LLCEstimator",
     "LLCGridSearch",
     "LLCResult",
+    "LossKernel",
     "Problem",
     "Sampler",
+    "Susceptibilities",
     "__version__",
+    "bif",
     "calibrate",
     "calibrate_problem",
     "calibrated_estimator",
     "llc_over_checkpoints",
+    "loss_gain",
+    "loss_kernel",
     "nbeta_from_effective_size",
     "plot_diagnostics",
     "plot_grid",
@@ -96,4 +110,5 @@ __all__ = [
     "plot_trace",
     "prepare",
     "sample",
+    "susceptibilities",
 ]
