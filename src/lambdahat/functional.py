@@ -537,6 +537,7 @@ class FunctionalModel:
                 args, kwargs = (), dict(args[0])
             return functional_call(module, (tensors, buffers), args, kwargs)
 
+        call.module = module  # so that a loss_fn can read the forward's signature
         return call
 
     def loss_and_count(self, theta: torch.Tensor, frozen: Mapping, buffers: Mapping, x, y):

@@ -22,6 +22,8 @@ returns logits works.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -69,28 +71,34 @@ def _split(batch: Any, who: str) -> tuple[dict[str, torch.Tensor], torch.Tensor 
     )
 
 
-def _unexpected(exc: TypeError, name: str) -> bool:
-    return f"unexpected keyword argument '{name}'" in str(exc)
+@functools.cache
+def _forward_parameters(cls: type) -> frozenset[str] | None:
+    """Names the ``forward`` of a module class accepts (``None``: it takes ``**kwargs``, so anything)."""
+    try:
+        params = inspect.signature(cls.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params)
 
 
 def _logits(model: Callable, inputs: dict[str, torch.Tensor], positions: bool) -> torch.Tensor:
+    """Call the model on a batch: Hugging Face models by keyword (``input_ids=...``), TransformerLens ones with the
+    ids as the first argument (their ``forward(input, ...)``), decided once per module class from its signature
+    (the callable that :func:`lambdahat.prepare` passes carries the module as ``.module``)."""
     kwargs = dict(inputs)
-    derived = positions and "attention_mask" in kwargs and "position_ids" not in kwargs
-    if derived:
-        kwargs["position_ids"] = position_ids_from_attention_mask(kwargs["attention_mask"])
-    try:
+    module = getattr(model, "module", model)
+    accepted = _forward_parameters(type(module)) if isinstance(module, torch.nn.Module) else None
+    if positions and "attention_mask" in kwargs and "position_ids" not in kwargs:
+        if accepted is None or "position_ids" in accepted:
+            kwargs["position_ids"] = position_ids_from_attention_mask(kwargs["attention_mask"])
+    if (
+        accepted is not None and "input_ids" not in accepted
+    ):  # TransformerLens: forward(input, attention_mask=...)
+        out = model(kwargs.pop("input_ids"), **kwargs)
+    else:
         out = model(**kwargs)
-    except TypeError as exc:
-        if _unexpected(exc, "input_ids"):  # TransformerLens: forward(input, attention_mask=...)
-            ids = kwargs.pop("input_ids")
-            if derived:
-                kwargs.pop("position_ids")
-            out = model(ids, **kwargs)
-        elif derived and _unexpected(exc, "position_ids"):
-            kwargs.pop("position_ids")
-            out = model(**kwargs)
-        else:
-            raise
     logits = getattr(out, "logits", out)
     if not isinstance(logits, torch.Tensor):
         raise ValueError(
