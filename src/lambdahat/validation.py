@@ -320,10 +320,11 @@ def _validation_table(
 
 
 def format_table(df: pd.DataFrame) -> str:
-    """The validation table as aligned text (a failed case shows its error instead of the estimate)."""
+    """The validation table as aligned text, with the trust policy's status of each case (a failed case shows
+    its error instead of the estimate)."""
     lines = [
         f"{'case':24s} {'d':>3s} {'true λ':>7s} {'reference':>17s} {'λ̂ ± se':>16s} {'rel.err':>8s} "
-        f"{'z':>6s} {'ε':>8s} {'accept':>6s} {'R-hat':>6s} {'ESS':>6s} {'div':>3s} {'time':>6s}"
+        f"{'z':>6s} {'ε':>8s} {'accept':>6s} {'R-hat':>6s} {'ESS':>6s} {'div':>3s} {'time':>6s}  status"
     ]
     for r in df.itertuples():
         head = f"{r.case:24s} {r.d:3d} {r.true_lambda:7.3f} {r.reference:7.3f} {r.reference_kind:>9s} "
@@ -333,6 +334,6 @@ def format_table(df: pd.DataFrame) -> str:
         lines.append(
             f"{head}{r.llc_mean:8.3f} ± {r.llc_stderr:5.3f} {100 * r.rel_error:7.1f}% {r.z:6.2f} "
             f"{r.learning_rate:8.1e} {r.mala_acceptance:6.3f} {r.rhat:6.3f} {r.ess:6.0f} {r.n_diverged:3d} "
-            f"{r.wall_seconds:5.1f}s"
+            f"{r.wall_seconds:5.1f}s  {getattr(r, 'status', 'ok')}"
         )
     return "\n".join(lines)
