@@ -178,15 +178,21 @@ def test_reduced_precision_autocast_on_cpu(tiny_model, loader, dtype):
 
 
 def test_float64_runs_in_double(classification_data):
+    from lambdahat import prepare
+
+    torch.manual_seed(0)
+    model, loader = nn.Linear(4, 3), DataLoader(classification_data, batch_size=32)
     est = LLCEstimator(**FAST, dtype=torch.float64)
-    llcs = est.estimate_llc(
-        nn.Linear(4, 3),
-        DataLoader(classification_data, batch_size=32),
-        seed=0,
-        compile=False,
-        show_progress=False,
-    )
-    assert torch.isfinite(llcs).all()
+    llcs = est.estimate_llc(model, loader, seed=0, compile=False, show_progress=False)
+    assert torch.isfinite(llcs).all() and est.get_metrics()["dtype"] == "float64"
+    # the arithmetic is float64: w* and L0 are those of a float64 forward, not of the float32 model's
+    fm = prepare(model, loader, est.config, compile=False).slots[0]
+    assert fm.w_star.dtype == torch.float64
+    x, y = classification_data.tensors
+    with torch.no_grad():
+        exact = F.cross_entropy(model.double()(x.double()), y).item()
+    model.float()
+    assert est.get_metrics()["init_loss"] == pytest.approx(exact, rel=1e-12)
 
 
 def test_progress_bar_can_be_shown(tiny_model, loader, capsys):

@@ -37,7 +37,8 @@ def test_different_seeds_differ(tiny_model, loader):
     assert not torch.equal(a, b)
 
 
-def test_chains_are_independent_streams(tiny_model, loader):
+def test_chains_differ_from_each_other(tiny_model, loader):
+    """Every chain follows its own path (the streams' independence is tested in test_rng.py)."""
     _, m = run(tiny_model, loader)
     losses = m["losses"]
     assert len({tuple(row.tolist()) for row in losses}) == losses.shape[0]

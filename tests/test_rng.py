@@ -28,9 +28,22 @@ def test_noise_is_standard_normal():
     assert abs(x.var().item() - 1) < 5 * math.sqrt(2 / n)
 
 
-def test_chain_seeds_differ_and_depend_on_seed_and_chain_only():
-    assert chain_seed(0, 0) != chain_seed(0, 1) != chain_seed(1, 0)
-    assert chain_seed(3, 5) == chain_seed(3, 5)
+def test_chain_seeds_differ_across_chains_and_seeds():
+    seeds = {chain_seed(s, c) for s in range(20) for c in range(20)}
+    assert len(seeds) == 400  # no two (seed, chain) pairs share a stream
+
+
+def test_chain_streams_are_uncorrelated():
+    """Pairwise correlations of 8 chains' noise over n = 2e5 numbers: each has standard error 1/sqrt(n) under
+    independence; allow 5 (28 pairs)."""
+    noise = ChainNoise(3, list(range(8)), 1000, torch.device("cpu"), torch.float64)
+    x = torch.cat([noise.draw() for _ in range(200)], dim=1)  # [chains, 2e5]
+    corr = torch.corrcoef(x)
+    off = corr[~torch.eye(8, dtype=torch.bool)]
+    assert off.abs().max() < 5 / math.sqrt(x.shape[1])
+    # ... and consecutive steps of one chain too (lag-one autocorrelation of a chain's stream)
+    lagged = torch.corrcoef(torch.stack([x[0, :-1000], x[0, 1000:]]))[0, 1]
+    assert abs(lagged) < 5 / math.sqrt(x.shape[1])
 
 
 def test_resolve_seed():
