@@ -172,3 +172,93 @@ def test_errors_say_what_to_pass():
             components={"w": "weight"},
             probes=DataLoader(TensorDataset(probes, probe_y), sampler=sampler),
         )
+
+
+SMALL = CFG.replace(draws=20, chains=4, burnin_steps=10, steps_bw_draws=2)
+
+
+def _small_run(x, y, model, probes, probe_y, **kw):
+    return susceptibilities(
+        model,
+        DataLoader(TensorDataset(x, y), batch_size=len(x)),
+        SMALL,
+        components={"A": {"weight": A}, "B": {"weight": B}},
+        probes=[(probes, probe_y)],
+        loss_fn=half_squared_error,
+        compile=False,
+        seed=3,
+        **QUIET,
+        **kw,
+    )
+
+
+def test_rows_go_through_the_sweep_engine_and_a_rerun_skips_finished_rows(tmp_path, monkeypatch):
+    from lambdahat import estimator
+
+    data = two_blocks()
+    memory = _small_run(*data)
+    stored = _small_run(*data, out_dir=tmp_path)
+    assert (tmp_path / "results.csv").is_file() and (tmp_path / "sweep.json").is_file()
+    assert not (stored.table["status"] == "failed").any() and list(stored.table.index) == ["A", "B", "full"]
+    np.testing.assert_array_equal(stored.values, memory.values)
+    np.testing.assert_array_equal(stored.stderr, memory.stderr)
+    calls = []
+    real = estimator.sample
+    monkeypatch.setattr(estimator, "sample", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = _small_run(*data, out_dir=tmp_path)
+    assert calls == []  # every row was finished: nothing runs
+    np.testing.assert_array_equal(again.values, memory.values)  # exact: JSON keeps every bit of a float
+    np.testing.assert_array_equal(again.stderr, memory.stderr)
+    assert again.components == ["A", "B", "full"] and list(again.probe_index) == list(memory.probe_index)
+    assert again.probe_index.name == "sample" and again.results == {}
+
+
+def test_a_failing_row_is_recorded_and_a_rerun_runs_only_it(tmp_path, monkeypatch):
+    from lambdahat import estimator
+
+    data = two_blocks()
+    real = estimator.sample
+    calls = []
+
+    def flaky(problem, *a, **k):
+        calls.append(problem.dim)
+        if problem.dim == 4:  # the full run
+            raise RuntimeError("boom")
+        return real(problem, *a, **k)
+
+    monkeypatch.setattr(estimator, "sample", flaky)
+    with pytest.warns(RuntimeWarning, match="1 of 3 point"):
+        chi = _small_run(*data, out_dir=tmp_path, max_retries=1)
+    assert chi.table.loc["full", "status"] == "failed" and "boom" in chi.table.loc["full", "error"]
+    assert np.isnan(chi.values[2]).all() and np.isfinite(chi.values[:2]).all()
+    assert calls == [2, 2, 4, 4]  # the failing row was tried twice (max_retries=1)
+    calls.clear()
+    monkeypatch.setattr(
+        estimator, "sample", lambda problem, *a, **k: calls.append(problem.dim) or real(problem, *a, **k)
+    )
+    fixed = _small_run(*data, out_dir=tmp_path)
+    assert calls == [4] and np.isfinite(fixed.values).all()
+    np.testing.assert_array_equal(fixed.values[:2], chi.values[:2])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_rows_run_as_ray_tasks_equal_the_local_run_and_resume_locally(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from lambdahat import estimator
+
+    data = two_blocks()
+    local = _small_run(*data)
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = _small_run(*data, executor="ray", ray_resources={"num_cpus": 1}, out_dir=tmp_path)
+    finally:
+        ray.shutdown()
+    np.testing.assert_array_equal(remote.values, local.values)
+    assert remote.results == {}  # the runs stayed in the workers
+    calls = []
+    monkeypatch.setattr(estimator, "sample", lambda *a, **k: calls.append(1))
+    again = _small_run(*data, out_dir=tmp_path)  # nothing left to run
+    assert calls == [] and np.array_equal(again.values, local.values)

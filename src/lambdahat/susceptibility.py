@@ -22,6 +22,7 @@ constant offset per component row).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,7 +107,10 @@ class Susceptibilities:
     relative, pooling:
         The observable (``ℓ − L`` or ``ℓ``) and the chain pooling used.
     results:
-        The ``LLCResult`` of every row's run (check their ``status``).
+        The ``LLCResult`` of every row run by this call in this process (check their ``status``).
+    table:
+        One row per component from the sweep engine: ``status`` (``"failed"`` rows have NaN values), ``error``,
+        the run's LLC and diagnostics, and ``chi``/``chi_stderr`` as JSON lists.
     """
 
     values: np.ndarray
@@ -116,6 +120,7 @@ class Susceptibilities:
     relative: bool
     pooling: str
     results: dict = field(default_factory=dict, repr=False)
+    table: pd.DataFrame | None = field(default=None, repr=False)
 
     def to_frame(self) -> pd.DataFrame:
         """``[components, probes]`` as a DataFrame."""
@@ -201,8 +206,22 @@ def susceptibilities(
     block_size: int = BLOCK_SIZE,
     show_progress: bool = False,
     warn: bool = True,
+    out_dir: str | os.PathLike[str] | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    resume: bool = True,
+    overwrite: bool = False,
+    max_retries: int = 2,
+    ray_resources: Mapping[str, object] | None = None,
+    ray_init_options: Mapping[str, object] | None = None,
 ) -> Susceptibilities:
     """The susceptibility matrix of named components to probe samples (tokens): one restricted run per component.
+
+    Every row (each component's restricted run, then the full run) is one point of the sweep engine
+    (:func:`lambdahat.sweeps.runner.run_sweep`): with ``out_dir`` each finished row is stored at once (its χ and
+    standard errors as JSON lists in ``results.csv``), a rerun with the same ``out_dir`` runs only the rows not yet
+    finished, and a row whose run raises is recorded as ``status="failed"`` (its values NaN) without stopping the
+    others.
 
     Parameters
     ----------
@@ -220,24 +239,41 @@ def susceptibilities(
     criterion_fn, unpack_fn, loss_fn, devices, compile:
         See :func:`lambdahat.prepare`.
     seed, chain_batch, show_progress, warn:
-        See :func:`lambdahat.sample`; every row uses the same seed.
+        See :func:`lambdahat.sample`; every row uses the same seed (a resumed ``out_dir`` keeps its stored seed
+        when ``seed`` is None). ``show_progress`` shows a bar over the rows.
     per_sample_dir:
         A folder for the memory-mapped probe traces, ``<component>.npy`` each; ``None``: host memory.
     block_size:
         Probe columns read at a time.
+    out_dir, resume, overwrite:
+        Where the rows are stored and whether to continue (default) or discard a stored run, as for the sweeps.
+    executor, address, ray_resources, ray_init_options, max_retries:
+        ``"local"`` (this process) or ``"ray"`` (one Ray task per row); retries of a row that raises.
 
     Returns
     -------
     Susceptibilities
-        ``values[c, j]`` = χ of component ``c`` to probe ``j``, with standard errors, PCA and a figure.
+        ``values[c, j]`` = χ of component ``c`` to probe ``j``, with standard errors, PCA and a figure; ``table``
+        is the sweep's table (status, LLC, R-hat, ... per row) and ``results`` holds the ``LLCResult`` of the rows
+        run by this call in this process (rows read back from ``out_dir`` or run by Ray have none).
     """
+    import uuid
+
     from .config import LLCConfig
-    from .estimator import sample
-    from .problem import prepare
     from .rng import resolve_seed
+    from .sweeps.grid import _shippable
+    from .sweeps.runner import (
+        callable_name,
+        check_run_options,
+        data_spec,
+        fingerprint,
+        params_spec,
+        run_sweep,
+        runtime_spec,
+    )
+    from .sweeps.store import stored_seed
 
     config = LLCConfig() if config is None else config
-    seed = resolve_seed(seed)  # one seed for every row
     if not isinstance(components, Mapping) or not components:
         raise ValueError(
             "susceptibilities: components must be a non-empty {name: params} mapping, e.g. "
@@ -247,36 +283,193 @@ def susceptibilities(
         raise ValueError(
             f"susceptibilities: the name {FULL!r} is the unrestricted run's row; rename the component."
         )
+    if pooling not in ("pooled", "within"):
+        raise ValueError(f"susceptibilities: pooling must be 'pooled' or 'within'; got {pooling!r}.")
+    check_run_options(executor, address, devices, ray_resources, max_retries)
+    if seed is None and resume and not overwrite:
+        seed = stored_seed(out_dir)
+    seed = resolve_seed(seed)  # one seed for every row
     probe_batches = list(fixed_order(probes, "probe"))
     rows = {**components, **({FULL: None} if full else {})}
-    values, errors, results, index = [], [], {}, None
-    for name, selection in rows.items():
-        problem = prepare(
-            model,
-            loader,
-            config,
-            criterion_fn=criterion_fn,
-            unpack_fn=unpack_fn,
-            loss_fn=loss_fn,
-            devices=devices,
-            params=selection,
-            evaluation=probe_batches,
-            compile=compile,
-        )
-        path = None if per_sample_dir is None else os.path.join(os.fspath(per_sample_dir), f"{name}.npy")
-        result = sample(
-            problem,
-            config,
+    names = list(rows)
+    options = {
+        "criterion_fn": criterion_fn,
+        "unpack_fn": unpack_fn,
+        "loss_fn": loss_fn,
+        "devices": devices,
+        "compile": compile,
+        "seed": seed,
+        "chain_batch": chain_batch,
+        "warn": warn,
+        "relative": relative,
+        "pooling": pooling,
+        "block_size": block_size,
+        "per_sample_dir": None if per_sample_dir is None else os.fspath(per_sample_dir),
+    }
+    sweep_config = {
+        "llc_config": config.to_dict(),
+        "components": {name: _selection_spec(sel, params_spec, fingerprint) for name, sel in rows.items()},
+        "full": full,
+        "relative": relative,
+        "pooling": pooling,
+        "seed": seed,
+        "criterion_fn": callable_name(criterion_fn),
+        "unpack_fn": callable_name(unpack_fn),
+        "loss_fn": callable_name(loss_fn),
+        "model": {"class": callable_name(type(model)), "fingerprint": fingerprint(model.state_dict())},
+        "data": data_spec(loader),
+        "probes": _probe_fingerprint(probe_batches),
+    }
+    token = uuid.uuid4().hex
+    try:
+        table = run_sweep(
+            kind="susceptibilities",
+            points=[{"component": name} for name in names],
+            point_columns=[("component", "str")],
+            fn=_component_point,
+            shared={
+                "model": _shippable(model, executor),
+                "loader": loader,
+                "config": config,
+                "selections": dict(rows),
+                "probes": probe_batches,
+                "options": options,
+                "token": token,
+            },
+            prepare=_same,
+            config=sweep_config,
+            runtime=runtime_spec(executor, address, options, max_retries),
             seed=seed,
-            chain_batch=chain_batch,
+            executor=executor,
+            address=address,
+            ray_resources=ray_resources,
+            ray_init_options=ray_init_options,
+            out_dir=out_dir,
+            resume=resume,
+            overwrite=overwrite,
+            max_retries=max_retries,
             show_progress=show_progress,
-            warn=warn,
-            per_sample_path=path,
+            callback=None,
+            desc="susceptibilities",
+            value_columns=[("chi", "str"), ("chi_stderr", "str"), ("probe_index", "str")],
         )
-        row, err, index = susceptibility_row(
-            result, relative=relative, pooling=pooling, block_size=block_size
-        )
-        values.append(row)
-        errors.append(err)
-        results[name] = result
-    return Susceptibilities(np.stack(values), np.stack(errors), list(rows), index, relative, pooling, results)
+        results = _RESULTS.pop(token, {})
+    finally:
+        _RESULTS.pop(token, None)
+    values, errors, index = [], [], None
+    for _, row in table.iterrows():
+        if isinstance(row["chi"], str) and isinstance(row["probe_index"], str):
+            values.append(np.asarray(json.loads(row["chi"]), dtype=np.float64))
+            errors.append(np.asarray(json.loads(row["chi_stderr"]), dtype=np.float64))
+            index = _index_from_json(row["probe_index"])
+        else:
+            values.append(None)
+            errors.append(None)
+    width = len(index)
+    values = [np.full(width, np.nan) if v is None else v for v in values]
+    errors = [np.full(width, np.nan) if e is None else e for e in errors]
+    return Susceptibilities(
+        np.stack(values),
+        np.stack(errors),
+        names,
+        index,
+        relative,
+        pooling,
+        results,
+        table.set_index("component"),
+    )
+
+
+#: LLCResults of the rows run in this process, by the call's token (handed to the caller, then dropped).
+_RESULTS: dict[str, dict] = {}
+
+
+def _selection_spec(selection, params_spec, fingerprint):
+    """A JSON-able record of a component's selection (element masks by content hash)."""
+    if isinstance(selection, Mapping):
+        return {
+            str(k): fingerprint({"mask": v}) if isinstance(v, torch.Tensor) else bool(v)
+            for k, v in selection.items()
+        }
+    return params_spec(selection)
+
+
+def _same(task):
+    return task
+
+
+def _probe_fingerprint(batches) -> dict:
+    """A content hash of the probe batches (their tensors in order), so a resumed run has the same probes."""
+    state = {}
+
+    def walk(prefix, obj):
+        if isinstance(obj, torch.Tensor):
+            state[prefix] = obj
+        elif isinstance(obj, Mapping):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(obj, list | tuple):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}.{i}", v)
+        else:
+            state[prefix] = repr(obj)
+
+    walk("probes", list(batches))
+    from .sweeps.runner import fingerprint
+
+    return {"batches": len(batches), "fingerprint": fingerprint(state)}
+
+
+def _index_to_json(index: pd.Index) -> str:
+    if isinstance(index, pd.MultiIndex):
+        return json.dumps({"names": list(index.names), "values": [list(map(int, t)) for t in index]})
+    return json.dumps({"names": [index.name], "values": [int(v) for v in index]})
+
+
+def _index_from_json(text: str) -> pd.Index:
+    spec = json.loads(text)
+    if len(spec["names"]) > 1:
+        return pd.MultiIndex.from_tuples([tuple(v) for v in spec["values"]], names=spec["names"])
+    return pd.Index(np.asarray(spec["values"], dtype=np.int64), name=spec["names"][0])
+
+
+def _component_point(shared: Mapping, task: Mapping) -> dict:
+    """One row of the matrix: the restricted run of one component (runs in this process or in a Ray worker)."""
+    from . import estimator
+    from .problem import prepare
+    from .sweeps.runner import result_row
+
+    name, options = task["component"], shared["options"]
+    problem = prepare(
+        shared["model"],
+        shared["loader"],
+        shared["config"],
+        criterion_fn=options["criterion_fn"],
+        unpack_fn=options["unpack_fn"],
+        loss_fn=options["loss_fn"],
+        devices=options["devices"],
+        params=shared["selections"][name],
+        evaluation=shared["probes"],
+        compile=options["compile"],
+    )
+    folder = options["per_sample_dir"]
+    result = estimator.sample(
+        problem,
+        shared["config"],
+        seed=options["seed"],
+        chain_batch=options["chain_batch"],
+        show_progress=False,
+        warn=options["warn"],
+        per_sample_path=None if folder is None else os.path.join(folder, f"{name}.npy"),
+    )
+    row, err, index = susceptibility_row(
+        result, relative=options["relative"], pooling=options["pooling"], block_size=options["block_size"]
+    )
+    _RESULTS.setdefault(shared["token"], {})[name] = result
+    # json.dumps writes floats with repr (exact round trip) and NaN as NaN
+    return {
+        **result_row(result),
+        "chi": json.dumps([float(v) for v in row]),
+        "chi_stderr": json.dumps([float(v) for v in err]),
+        "probe_index": _index_to_json(index),
+    }
