@@ -35,6 +35,7 @@ OPTION_NAMES = [
     "--bounding-box-size",
     "--restrict-to-orth-grad",
     "--model-mode",
+    "--grad-accum-steps",
 ]
 
 

@@ -7,7 +7,16 @@ import importlib
 
 import pytest
 
-MODULES = ["lambdahat.estimator", "lambdahat.truth", "lambdahat.plotting", "lambdahat.sweeps.grid"]
+MODULES = [
+    "lambdahat.config",
+    "lambdahat.estimator",
+    "lambdahat.functional",
+    "lambdahat.problem",
+    "lambdahat.trust",
+    "lambdahat.truth",
+    "lambdahat.plotting",
+    "lambdahat.sweeps.grid",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -390,3 +390,36 @@ def test_runs_with_other_seeds_and_observables_on_one_problem_are_not_mistaken_f
     )
     for seed in (0, 1, 0):
         assert math.isfinite(sample(problem, CFG, seed=seed, chain_batch=1, **QUIET).llc_mean)
+
+
+def test_gradient_accumulation_equals_one_batch_of_all_the_micro_batches():
+    """k = 2 micro-batches of 16 against one batch of 32 (same samples per step, same seed): the same chains up to
+    float rounding (the mean of two half-batch means against one mean)."""
+    x, y = regression(n=96)
+    model = fitted_linear(x, y)
+    big = CFG.replace(dtype="float64")
+    accumulated = big.replace(grad_accum_steps=2)
+    one = sample(
+        prepare(
+            model, DataLoader(TensorDataset(x, y), batch_size=32), big, criterion_fn=F.mse_loss, compile=False
+        ),
+        big,
+        seed=5,
+        **QUIET,
+    )
+    two = sample(
+        prepare(
+            model,
+            DataLoader(TensorDataset(x, y), batch_size=16),
+            accumulated,
+            criterion_fn=F.mse_loss,
+            compile=False,
+        ),
+        accumulated,
+        seed=5,
+        **QUIET,
+    )
+    assert one.init_loss == pytest.approx(two.init_loss, rel=1e-12)
+    torch.testing.assert_close(two.losses, one.losses, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(two.llcs, one.llcs, rtol=1e-9, atol=1e-9)
+    assert two.settings["grad_accum_steps"] == 2

@@ -47,7 +47,9 @@ COMPILE_SECONDS_GUESS = 20.0
 AUTO_COMPILE_FACTOR = 3.0
 
 
-def make_step(fm: FunctionalModel, sampler: Sampler, observe: bool = False) -> Callable:
+def make_step(
+    fm: FunctionalModel, sampler: Sampler, observe: bool = False, micro_batches: int = 1
+) -> Callable:
     """The pure step ``(state, frozen, buffers, x, y, noise, hyper, ctx[, ox, oy]) -> (state, info, count)`` for all
     chains.
 
@@ -56,18 +58,50 @@ def make_step(fm: FunctionalModel, sampler: Sampler, observe: bool = False) -> C
     loss on the observable batch ``(ox, oy)`` at the same positions (data-refined LLC), while the sampler is still
     driven by ``(x, y)``. In train mode the chains draw independent dropout masks (``vmap`` randomness
     ``"different"``, from torch's global generator).
+
+    With ``micro_batches = k > 1`` (gradient accumulation), ``x``, ``y`` (and ``ox``, ``oy``) are tuples of ``k``
+    micro-batches, and the step sees them as one batch: with ``c_i`` the counted samples of micro-batch ``i``,
+
+    .. math::
+
+        L_B = \\frac{\\sum_i c_i L_{B_i}}{\\sum_i c_i}, \\qquad \\nabla L_B = \\frac{\\sum_i c_i \\nabla L_{B_i}}{\\sum_i c_i}
+
+    exactly what one batch holding all of them gives, with the memory of one micro-batch.
     """
     in_dims = (0, None, None, None, None)
     randomness = "different" if fm.model_mode == "train" else "error"
     grad_fn = vmap(grad_and_value(fm.loss_and_count, has_aux=True), in_dims=in_dims, randomness=randomness)
     loss_fn = vmap(fm.loss_and_count, in_dims=in_dims, randomness=randomness)
 
+    def accumulate(fn, theta, frozen, buffers, xs, ys, with_grad: bool):
+        total_grad, total_loss, total_count = None, None, None
+        for x, y in zip(xs, ys):
+            if with_grad:
+                grad, (loss, count) = fn(theta, frozen, buffers, x, y)
+                weighted = grad * count.unsqueeze(-1)
+                total_grad = weighted if total_grad is None else total_grad + weighted
+            else:
+                loss, count = fn(theta, frozen, buffers, x, y)
+            total_loss = loss * count if total_loss is None else total_loss + loss * count
+            total_count = count if total_count is None else total_count + count
+        scale = 1.0 / total_count
+        grad = None if total_grad is None else total_grad * scale.unsqueeze(-1)
+        return grad, total_loss * scale, total_count
+
     def chain_step(state, frozen, buffers, x, y, noise, hyper, ctx, ox=None, oy=None):
-        grad, (loss, count) = grad_fn(state.theta, frozen, buffers, x, y)
+        if micro_batches == 1:
+            grad, (loss, count) = grad_fn(state.theta, frozen, buffers, x, y)
+        else:
+            grad, loss, count = accumulate(grad_fn, state.theta, frozen, buffers, x, y, with_grad=True)
         new_state, info = sampler.step(state, loss, grad, noise, hyper, ctx)
         if observe:
             with torch.no_grad():
-                observed, count = loss_fn(state.theta, frozen, buffers, ox, oy)
+                if micro_batches == 1:
+                    observed, count = loss_fn(state.theta, frozen, buffers, ox, oy)
+                else:
+                    _, observed, count = accumulate(
+                        loss_fn, state.theta, frozen, buffers, ox, oy, with_grad=False
+                    )
             info = info._replace(loss=observed)
         return new_state, info, count[0]
 
@@ -107,8 +141,10 @@ class StepFunction:
         model_key=None,
         signature=None,
         observe: bool = False,
+        micro_batches: int = 1,
     ):
-        self.eager = make_step(fm, sampler, observe)
+        self.eager = make_step(fm, sampler, observe, micro_batches)
+        self.micro_batches = micro_batches
         self.compiled_fn = None
         self.first_call = True
         self.compile_seconds = 0.0
@@ -119,7 +155,9 @@ class StepFunction:
             if self.compiled_fn is not None:
                 self.first_call = False
             else:
-                self.compiled_fn = self._cache[signature] = torch.compile(make_step(fm, sampler, observe))
+                self.compiled_fn = self._cache[signature] = torch.compile(
+                    make_step(fm, sampler, observe, micro_batches)
+                )
 
     @property
     def is_compiled(self) -> bool:
@@ -188,6 +226,14 @@ class EvaluationSet:
     shape: tuple[int, ...]
 
 
+def _next_batch(batches, micro_batches: int):
+    """The next ``(x, y)``, or with gradient accumulation the next ``micro_batches`` of them as ``(xs, ys)``."""
+    if micro_batches == 1:
+        return next(batches)
+    xs, ys = zip(*(next(batches) for _ in range(micro_batches)))
+    return xs, ys
+
+
 def run_chain_batch(
     step_fn: StepFunction,
     fm: FunctionalModel,
@@ -226,8 +272,8 @@ def run_chain_batch(
         recorder = make_recorder(fm)
     first_draw, every = schedule.burnin_steps, schedule.steps_bw_draws
     for s in range(steps):
-        x, y = next(batches)
-        extra = next(observed) if observed is not None else ()
+        x, y = _next_batch(batches, step_fn.micro_batches)
+        extra = _next_batch(observed, step_fn.micro_batches) if observed is not None else ()
         if block is not None and s >= first_draw and (s - first_draw) % every == 0:
             draw, offset = (s - first_draw) // every, 0
             slot = draw % block.shape[1]

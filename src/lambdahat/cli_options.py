@@ -67,10 +67,11 @@ def llc_settings() -> tuple[Setting, ...]:
 
     Examples
     --------
-    >>> draws, *_, model_mode = llc_settings()
+    >>> settings = {s.name: s for s in llc_settings()}
+    >>> draws = settings["draws"]
     >>> draws.name, draws.kind, draws.default, draws.help
     ('draws', 'int', 200, 'draws per chain after burn-in')
-    >>> model_mode.choices
+    >>> settings["model_mode"].choices
     ('eval', 'train')
     """
     return tuple(

@@ -125,6 +125,7 @@ FIELD_HELP: dict[str, str] = {
     "bounding_box_size": "clamp every coordinate to w* ± this size after each step (empty: no box)",
     "restrict_to_orth_grad": "sample in the hyperplane orthogonal to the full-batch gradient at w*",
     "model_mode": "eval (dropout off, BatchNorm running statistics) or train (dropout on, batch statistics)",
+    "grad_accum_steps": "micro-batches per step: each step's gradient and loss are those of k loader batches together",
 }
 
 
@@ -165,6 +166,10 @@ class LLCConfig:
     model_mode:
         ``"eval"`` (default) or ``"train"`` (dropout active, BatchNorm on batch statistics; the caller's running
         statistics are never touched). L0 is computed in the same mode as the draws.
+    grad_accum_steps:
+        ``k`` (default 1): every step takes ``k`` batches of the loader and uses their count-weighted mean loss and
+        gradient, exactly as one batch of all of them (an effective batch ``k`` times the loader's, with the memory
+        of one).
 
     Examples
     --------
@@ -189,6 +194,7 @@ class LLCConfig:
     bounding_box_size: float | None = None
     restrict_to_orth_grad: bool = False
     model_mode: str = "eval"
+    grad_accum_steps: int = 1
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -196,6 +202,7 @@ class LLCConfig:
         put("chains", _int("chains", self.chains, 1))
         put("burnin_steps", _int("burnin_steps", self.burnin_steps, 0))
         put("steps_bw_draws", _int("steps_bw_draws", self.steps_bw_draws, 1))
+        put("grad_accum_steps", _int("grad_accum_steps", self.grad_accum_steps, 1))
         if isinstance(self.learning_rate, str):
             if self.learning_rate != "auto":
                 raise ValueError(

@@ -114,7 +114,7 @@ class LLCEstimator:
         See :class:`~lambdahat.LLCConfig` (defaults 200, 10, 100, 1, 1e-5, 100, ``None`` = n / log n, float32).
         ``learning_rate="auto"`` is chosen before every run by :func:`lambdahat.calibrate` from short pilot runs;
         the choice and its evidence are in ``get_metrics()["calibration"]``.
-    sampler, weight_decay, restrict_to_orth_grad, bounding_box_size, sampler_options, model_mode:
+    sampler, weight_decay, restrict_to_orth_grad, bounding_box_size, sampler_options, model_mode, grad_accum_steps:
         Keyword-only; see :class:`~lambdahat.LLCConfig`.
 
     Examples
@@ -149,6 +149,7 @@ class LLCEstimator:
         bounding_box_size: float | None = None,
         sampler_options: dict[str, Any] | None = None,
         model_mode: str = "eval",
+        grad_accum_steps: int = 1,
     ) -> None:
         self.config = LLCConfig(
             draws=draws,
@@ -165,6 +166,7 @@ class LLCEstimator:
             bounding_box_size=bounding_box_size,
             restrict_to_orth_grad=restrict_to_orth_grad,
             model_mode=model_mode,
+            grad_accum_steps=grad_accum_steps,
         )
         self.result: LLCResult | None = None
 

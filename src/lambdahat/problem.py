@@ -191,6 +191,7 @@ class Problem:
                 model_key=self.model,
                 signature=signature,
                 observe=self.observables is not None,
+                micro_batches=config.grad_accum_steps,
             )
         return self._steps[key]
 
@@ -210,6 +211,7 @@ class Problem:
             config.restrict_to_orth_grad,
             config.bounding_box_size,
             config.weight_decay,
+            config.grad_accum_steps,
         )
 
     def compiled_available(self, config: LLCConfig) -> bool:
@@ -444,7 +446,7 @@ def run_chains(
                 problem.feed(0, seed),
                 hyper_on(main),
                 ctx_on(main),
-                config.total_steps,
+                config.total_steps * config.grad_accum_steps,  # the pilot times one micro-batch per step
             )
             * max(len(batches) for batches in plan.values())
             > AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS
