@@ -263,13 +263,13 @@ def susceptibilities(
     from .rng import resolve_seed
     from .sweeps.grid import _shippable
     from .sweeps.runner import (
+        SweepRun,
         callable_name,
         check_run_options,
         data_spec,
         fingerprint,
         params_spec,
         run_sweep,
-        runtime_spec,
     )
     from .sweeps.store import stored_seed
 
@@ -338,17 +338,19 @@ def susceptibilities(
             },
             prepare=_same,
             config=sweep_config,
-            runtime=runtime_spec(executor, address, options, max_retries),
+            options=options,
             seed=seed,
-            executor=executor,
-            address=address,
-            ray_resources=ray_resources,
-            ray_init_options=ray_init_options,
-            out_dir=out_dir,
-            resume=resume,
-            overwrite=overwrite,
-            max_retries=max_retries,
-            show_progress=show_progress,
+            run=SweepRun(
+                executor,
+                address,
+                ray_resources,
+                ray_init_options,
+                out_dir,
+                resume,
+                overwrite,
+                max_retries,
+                show_progress,
+            ),
             callback=None,
             desc="susceptibilities",
             value_columns=[("chi", "str"), ("chi_stderr", "str"), ("probe_index", "str")],

@@ -34,7 +34,7 @@ from .config import LLCConfig
 from .problem import nbeta_from_effective_size
 from .rng import resolve_seed
 from .sweeps.executors import PointError
-from .sweeps.runner import check_run_options, estimate, problem_for, result_row, run_sweep, runtime_spec
+from .sweeps.runner import SweepRun, check_run_options, estimate, problem_for, result_row, run_sweep
 from .sweeps.store import stored_seed
 
 __all__ = ["SETTINGS", "TABLE_COLUMNS", "CaseSettings", "format_table", "reference_value", "run_validation"]
@@ -254,17 +254,19 @@ def run_validation(
         },
         prepare=_task,
         config=definition,
-        runtime=runtime_spec(executor, address, options, max_retries),
+        options=options,
         seed=seed,
-        executor=executor,
-        address=address,
-        ray_resources=ray_resources,
-        ray_init_options=ray_init_options,
-        out_dir=out_dir,
-        resume=resume,
-        overwrite=overwrite,
-        max_retries=max_retries,
-        show_progress=show_progress,
+        run=SweepRun(
+            executor,
+            address,
+            ray_resources,
+            ray_init_options,
+            out_dir,
+            resume,
+            overwrite,
+            max_retries,
+            show_progress,
+        ),
         callback=None,
         desc="validation",
         value_columns=list(_RUN_COLUMNS),

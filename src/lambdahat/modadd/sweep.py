@@ -42,12 +42,12 @@ from lambdahat.modadd.train import ExperimentParams, Run, load_run, train
 from lambdahat.problem import nbeta_from_effective_size
 from lambdahat.rng import resolve_seed
 from lambdahat.sweeps.runner import (
+    SweepRun,
     check_run_options,
     estimate,
     problem_for,
     result_row,
     run_sweep,
-    runtime_spec,
 )
 from lambdahat.sweeps.store import stored_seed
 
@@ -397,17 +397,19 @@ def p_sweep(
         shared={"config": config, "options": options, "batch_size": batch_size, "overwrite": overwrite},
         prepare=_task,
         config=definition,
-        runtime=runtime_spec(executor, address, options, max_retries),
+        options=options,
         seed=seed,
-        executor=executor,
-        address=address,
-        ray_resources=ray_resources,
-        ray_init_options=ray_init_options,
-        out_dir=store,
-        resume=True,
-        overwrite=overwrite,
-        max_retries=max_retries,
-        show_progress=show_progress,
+        run=SweepRun(
+            executor,
+            address,
+            ray_resources,
+            ray_init_options,
+            store,
+            True,
+            overwrite,
+            max_retries,
+            show_progress,
+        ),
         callback=None,
         desc="p sweep",
     )

@@ -18,6 +18,7 @@ from ..functional import select_parameters
 from ..rng import resolve_seed
 from .executors import PointError
 from .runner import (
+    SweepRun,
     callable_name,
     check_run_options,
     data_spec,
@@ -27,7 +28,6 @@ from .runner import (
     problem_for,
     result_row,
     run_sweep,
-    runtime_spec,
 )
 from .store import stored_seed
 
@@ -299,17 +299,19 @@ def llc_over_checkpoints(
         shared={"model": model, "loader": loader, "config": estimator, "options": options},
         prepare=_Prepare(sources),
         config=config,
-        runtime=runtime_spec(executor, address, options, max_retries),
+        options=options,
         seed=seed,
-        executor=executor,
-        address=address,
-        ray_resources=ray_resources,
-        ray_init_options=ray_init_options,
-        out_dir=out_dir,
-        resume=resume,
-        overwrite=overwrite,
-        max_retries=max_retries,
-        show_progress=show_progress,
+        run=SweepRun(
+            executor,
+            address,
+            ray_resources,
+            ray_init_options,
+            out_dir,
+            resume,
+            overwrite,
+            max_retries,
+            show_progress,
+        ),
         callback=callback,
         desc="LLC checkpoints",
     )

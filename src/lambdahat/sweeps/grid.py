@@ -26,6 +26,7 @@ from ..functional import select_parameters
 from ..problem import Problem, nbeta_from_effective_size
 from ..rng import resolve_seed
 from .runner import (
+    SweepRun,
     callable_name,
     check_run_options,
     data_spec,
@@ -35,7 +36,6 @@ from .runner import (
     problem_for,
     result_row,
     run_sweep,
-    runtime_spec,
 )
 from .store import stored_seed
 
@@ -496,17 +496,19 @@ class LLCGridSearch:
                 },
                 prepare=_same,
                 config=config,
-                runtime=runtime_spec(executor, address, options, max_retries),
+                options=options,
                 seed=seed,
-                executor=executor,
-                address=address,
-                ray_resources=ray_resources,
-                ray_init_options=ray_init_options,
-                out_dir=out_dir,
-                resume=resume,
-                overwrite=overwrite,
-                max_retries=max_retries,
-                show_progress=show_progress,
+                run=SweepRun(
+                    executor,
+                    address,
+                    ray_resources,
+                    ray_init_options,
+                    out_dir,
+                    resume,
+                    overwrite,
+                    max_retries,
+                    show_progress,
+                ),
                 callback=callback,
                 desc="LLC grid",
             )

@@ -7,6 +7,7 @@ import hashlib
 import platform
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,7 @@ from .store import SweepStore
 
 __all__ = [
     "METRIC_COLUMNS",
+    "SweepRun",
     "callable_name",
     "estimate",
     "fingerprint",
@@ -198,6 +200,24 @@ def check_run_options(
             )
 
 
+@dataclass(frozen=True)
+class SweepRun:
+    """How a sweep runs, the same for every kind of sweep: on which executor (``"local"`` or ``"ray"``, a Ray
+    ``address``, the resources and ``ray.init`` options of its tasks), where finished points are stored
+    (``out_dir``, ``resume``, ``overwrite``), how often a failing point is tried again (``max_retries``) and whether
+    a progress bar shows."""
+
+    executor: str = "local"
+    address: str | None = None
+    ray_resources: Mapping[str, Any] | None = None
+    ray_init_options: Mapping[str, Any] | None = None
+    out_dir: Any = None
+    resume: bool = True
+    overwrite: bool = False
+    max_retries: int = 2
+    show_progress: bool = True
+
+
 def run_sweep(
     *,
     kind: str,
@@ -207,27 +227,30 @@ def run_sweep(
     shared: Mapping[str, Any],
     prepare: Callable[[dict[str, Any]], Any],
     config: Mapping[str, Any],
-    runtime: Mapping[str, Any],
+    options: Mapping[str, Any],
     seed: int,
-    executor: str,
-    address: str | None,
-    ray_resources: Mapping[str, Any] | None,
-    ray_init_options: Mapping[str, Any] | None,
-    out_dir,
-    resume: bool,
-    overwrite: bool,
-    max_retries: int,
-    show_progress: bool,
-    callback: Callable[[dict[str, Any]], None] | None,
+    run: SweepRun,
+    callback: Callable[[dict[str, Any]], None] | None = None,
     desc: str = "sweep",
     value_columns: Sequence[tuple[str, str]] = (),
 ) -> pd.DataFrame:
     """Run the points not yet finished and return the table of all points (one row per point, index = point).
 
     ``points[i]`` describes point ``i`` by the values of ``point_columns``; ``value_columns`` are extra values
-    that the point function returns beside the metric columns (name, type), stored like them. ``prepare(point)`` makes the task of a
-    point in this process.
+    that the point function returns beside the metric columns (name, type), stored like them. ``prepare(point)``
+    makes the task of a point in this process. ``config`` defines the sweep (compared on resume); ``options`` are
+    the run options of its points (``devices``, ``chain_batch``, ``compile``, ...) and, with ``run``, how it ran
+    (recorded in ``sweep.json``, never compared).
     """
+    executor, address, out_dir = run.executor, run.address, run.out_dir
+    ray_resources, ray_init_options = run.ray_resources, run.ray_init_options
+    resume, overwrite, max_retries, show_progress = (
+        run.resume,
+        run.overwrite,
+        run.max_retries,
+        run.show_progress,
+    )
+    runtime = runtime_spec(executor, address, options, max_retries)
     columns = [("point", "int"), *point_columns, *METRIC_COLUMNS, *value_columns, *STATUS_COLUMNS]
     store = SweepStore(out_dir, columns) if out_dir is not None else None
     rows: dict[int, dict[str, Any]] = {}
