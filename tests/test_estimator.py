@@ -215,6 +215,42 @@ def test_auto_compile_skips_short_runs(tiny_model, loader):
     assert est.get_metrics()["compiled"] is False
 
 
+def test_auto_compile_decides_from_the_planned_work():
+    """compile="auto" compiles when the eager time of the planned work passes AUTO_COMPILE_FACTOR x the compile
+    guess: a sweep's planned points count, and so do the runs already made on one model object."""
+    from lambdahat.chains import AUTO_COMPILE_FACTOR, COMPILE_SECONDS_GUESS, compile_pays
+
+    threshold = AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS
+    run = threshold / 10  # one run: a tenth of the threshold
+    model = nn.Linear(2, 1)
+    assert not compile_pays(model, "sig", run)
+    assert compile_pays(model, "other", run, planned_runs=11)  # a sweep of 11 such points
+    assert not compile_pays(model, "other2", run, planned_runs=9)
+    for _ in range(8):  # calls 2..9 on the same model and signature stay eager ...
+        assert not compile_pays(model, "sig", run)
+    assert compile_pays(model, "sig", run * 1.5)  # ... the one that passes the threshold compiles
+    assert not compile_pays(nn.Linear(2, 1), "sig", run)  # another model object starts afresh
+
+
+def test_sweeps_tell_auto_compile_their_planned_points(tiny_model, loader, monkeypatch):
+    import lambdahat.chains as chains
+
+    seen = []
+    real = chains.compile_pays
+
+    def spy(model_key, signature, predicted_seconds, planned_runs=None):
+        seen.append(planned_runs)
+        return real(model_key, signature, predicted_seconds, planned_runs)
+
+    monkeypatch.setattr("lambdahat.problem.compile_pays", spy)
+    fixed = {k: v for k, v in FAST.items() if k not in ("learning_rate", "localization")}
+    config = lambdahat.GridSearchConfig(learning_rate=[1e-4, 2e-4, 3e-4], localization=100.0, **fixed)
+    lambdahat.LLCGridSearch(config).run_grid_search(
+        tiny_model, loader, seed=0, compile="auto", show_progress=False
+    )
+    assert seen == [3, 3, 3]
+
+
 def test_failed_compile_falls_back_to_eager_with_one_warning(tiny_model, loader, monkeypatch):
     def broken_compile(fn, *a, **k):
         def fail(*args, **kwargs):

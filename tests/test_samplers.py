@@ -232,7 +232,7 @@ def test_vmapped_chains_equal_a_plain_loop_over_chains():
             x, y = batches[step]
             grads, loss = grad_and_value(loss_fn)(params, x, y)
             assert loss.item() == pytest.approx(batched.loss_trace[chain, step].item(), rel=1e-5, abs=1e-6)
-            xi = noise.draw()[0].split([p.numel() for p in params.values()])
+            xi = noise.at(step)[0].split([p.numel() for p in params.values()])
             params = {
                 n: params[n]
                 - 0.5 * lr * (20.0 * grads[n] + gamma * (params[n] - w_star[n]))

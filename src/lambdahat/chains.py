@@ -5,10 +5,13 @@ One step for all ``C`` chains of a batch is a single call of
 .. code-block:: text
 
     grad, loss = vmap(grad_and_value(loss_fn))(theta[C, D], x, y)     # one batched forward+backward
-    state, info = sampler.step(state, loss, grad, noise[C, D], hyper, ctx)
+    noise = gaussian(keys[C], t, D)                                    # counter-based, see lambdahat.rng
+    state, info = sampler.step(state, loss, grad, noise, hyper, ctx)
 
-whose loss is the recorded draw. The per-step diagnostics (``Info``) are written into a ``[fields, C, steps]``
-tensor on the device and copied to the host once, at the end.
+whose loss is the recorded draw. A compiled step generates the noise inside its graph, fused into the update;
+an eager step receives it from :class:`~lambdahat.rng.ChainNoise`, which makes the same numbers a block of steps
+at a time. The per-step diagnostics (``Info``) are written into a ``[fields, C, steps]`` tensor on the device and
+copied to the host once, at the end.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from torch.func import grad_and_value, vmap
 from .config import Schedule
 from .data import DataFeed
 from .functional import FunctionalModel
-from .rng import ChainNoise
+from .rng import ChainNoise, chain_keys, gaussian
 from .samplers import Context, Hyper, Info, Sampler
 
 __all__ = [
     "COMPILE_SECONDS_GUESS",
     "Schedule",
     "StepFunction",
+    "StepNoise",
+    "compile_pays",
     "compiled_step_available",
     "make_step",
     "run_chain_batch",
@@ -42,16 +47,24 @@ __all__ = [
 #: What a first ``torch.compile`` of the step is assumed to cost when deciding whether compiling pays
 #: (measured 15–40 s on a 2-core CPU for the benchmark models; see benchmarks/RESULTS.md).
 COMPILE_SECONDS_GUESS = 20.0
-#: Compile under ``compile="auto"`` when the predicted eager time exceeds this multiple of the compile cost
-#: (break-even for a compiled step 1.5x faster than eager).
+#: Compile under ``compile="auto"`` when the eager time of the planned work exceeds this multiple of the compile
+#: cost (break-even for a compiled step 1.5x faster than eager).
 AUTO_COMPILE_FACTOR = 3.0
 
 
 def make_step(
-    fm: FunctionalModel, sampler: Sampler, observe: bool = False, micro_batches: int = 1
+    fm: FunctionalModel,
+    sampler: Sampler,
+    observe: bool = False,
+    micro_batches: int = 1,
+    noise_in_graph: bool = False,
 ) -> Callable:
     """The pure step ``(state, frozen, buffers, x, y, noise, hyper, ctx[, ox, oy]) -> (state, info, count)`` for all
-    chains.
+    chains, with ``info`` the fields of :class:`~lambdahat.samplers.Info` stacked, ``[fields, chains]``.
+
+    ``noise`` is the standard normal ``[chains, D]`` of the step, or with ``noise_in_graph`` the pair
+    ``(keys, t)`` (the chains' keys ``[chains, 2]`` and the step, a 0-d ``int64`` tensor) from which the step
+    generates it (:func:`~lambdahat.rng.gaussian`: the same numbers).
 
     ``count`` is the number of samples (tokens) that counted in the batch whose loss was recorded (the weight of the
     draw, see :class:`~lambdahat.functional.Objective`). With ``observe`` the recorded loss (``info.loss``) is the
@@ -89,6 +102,9 @@ def make_step(
         return grad, total_loss * scale, total_count
 
     def chain_step(state, frozen, buffers, x, y, noise, hyper, ctx, ox=None, oy=None):
+        if noise_in_graph:
+            keys, t = noise
+            noise = gaussian(keys, t, fm.layout.dim, fm.param_dtype)
         if micro_batches == 1:
             grad, (loss, count) = grad_fn(state.theta, frozen, buffers, x, y)
         else:
@@ -103,7 +119,7 @@ def make_step(
                         loss_fn, state.theta, frozen, buffers, ox, oy, with_grad=False
                     )
             info = info._replace(loss=observed)
-        return new_state, info, count[0]
+        return new_state, torch.stack(info), count[0]
 
     return chain_step
 
@@ -118,6 +134,32 @@ def make_recorder(fm: FunctionalModel) -> Callable:
             return per_sample(theta, frozen, buffers, x, y)
 
     return record
+
+
+class StepNoise:
+    """The noise of one chain batch at its current step, for an eager step (the numbers, from
+    :class:`~lambdahat.rng.ChainNoise`) or a compiled one (the chains' keys and the step, from which the compiled
+    graph makes the same numbers). :meth:`advance` moves to the next step."""
+
+    def __init__(self, seed: int, chains: Sequence[int], dim: int, device: torch.device, dtype: torch.dtype):
+        self.step = 0
+        self.keys = chain_keys(seed, chains, device)
+        self._eager = ChainNoise(seed, chains, dim, device, dtype)
+        self._device = device
+        self._t: torch.Tensor | None = None
+
+    def eager(self) -> torch.Tensor:
+        return self._eager.at(self.step)
+
+    def in_graph(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._t is None:
+            self._t = torch.tensor(self.step, dtype=torch.int64, device=self._device)
+        return self.keys, self._t
+
+    def advance(self) -> None:
+        self.step += 1
+        if self._t is not None:
+            self._t.add_(1)
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -145,6 +187,7 @@ class StepFunction:
     ):
         self.eager = make_step(fm, sampler, observe, micro_batches)
         self.micro_batches = micro_batches
+        self.noise_in_graph = compiled
         self.compiled_fn = None
         self.first_call = True
         self.compile_seconds = 0.0
@@ -156,22 +199,23 @@ class StepFunction:
                 self.first_call = False
             else:
                 self.compiled_fn = self._cache[signature] = torch.compile(
-                    make_step(fm, sampler, observe, micro_batches)
+                    make_step(fm, sampler, observe, micro_batches, noise_in_graph=True)
                 )
 
     @property
     def is_compiled(self) -> bool:
         return self.compiled_fn is not None
 
-    def __call__(self, *args):
+    def __call__(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
+        """One step; ``noise`` supplies the step's noise in the form the eager or the compiled step takes."""
         if self.compiled_fn is None:
-            return self.eager(*args)
+            return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
         if not self.first_call:
-            return self.compiled_fn(*args)
+            return self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
         with _COMPILE_LOCK:
             start = time.perf_counter()
             try:
-                out = self.compiled_fn(*args)
+                out = self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
             except Exception as exc:  # any compiler failure: continue eagerly
                 warnings.warn(
                     f"estimate_llc: torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); "
@@ -181,7 +225,7 @@ class StepFunction:
                 )
                 self.compiled_fn = None
                 self._cache.pop(self._signature, None)
-                return self.eager(*args)
+                return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
             finally:
                 self.compile_seconds = time.perf_counter() - start
                 self.first_call = False
@@ -219,11 +263,13 @@ class EvaluationSet:
     """A fixed set of batches, already on the device, whose per-sample losses are recorded at every draw.
 
     ``shape`` is ``(samples,)`` or ``(samples, tokens)`` (the longest ``tokens`` of its batches; shorter batches are
-    padded with NaN)."""
+    padded with NaN). ``init_losses`` holds the per-sample losses at ``w*`` in that layout (a float32 CPU tensor, NaN
+    where a token does not count), as the recorder computes them at the draws."""
 
     batches: tuple[tuple[object, object], ...]
     sizes: tuple[int, ...]
     shape: tuple[int, ...]
+    init_losses: torch.Tensor | None = None
 
 
 def _next_batch(batches, micro_batches: int):
@@ -258,7 +304,7 @@ def run_chain_batch(
     """
     n_chains, dim, steps = len(chains), fm.layout.dim, schedule.total_steps
     state = sampler.init(fm.w_star.expand(n_chains, dim).contiguous())
-    noise = ChainNoise(seed, chains, dim, fm.device, fm.param_dtype)
+    noise = StepNoise(seed, chains, dim, fm.device, fm.param_dtype)
     trace = torch.empty(len(Info._fields), n_chains, steps, device=fm.device, dtype=fm.param_dtype)
     counts = torch.empty(steps, device=fm.device, dtype=fm.param_dtype)
     batches = iter(feed)
@@ -287,8 +333,9 @@ def run_chain_batch(
             if slot == block.shape[1] - 1 or draw == schedule.draws - 1:
                 start = draw - slot
                 records[rows, start : draw + 1] = block[:, : slot + 1].cpu().numpy()
-        state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise.draw(), hyper, ctx, *extra)
-        trace[:, :, s] = torch.stack(info)
+        state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise, hyper, ctx, *extra)
+        noise.advance()
+        trace[:, :, s] = info
         counts[s] = count
         if on_step is not None:
             on_step()
@@ -306,7 +353,14 @@ def predicted_eager_seconds(
     pilot_steps: int = 3,
 ) -> float:
     """Predict the eager time of ``steps`` steps for ``n_chains`` chains from a short pilot (its results are
-    thrown away; it uses no random stream of any chain)."""
+    thrown away): the median time of a step without noise, plus the time of one block of the eager noise per step
+    (the pilot's noise comes from a stream of no chain of the run)."""
+    noise = ChainNoise(2**62, range(n_chains), fm.layout.dim, fm.device, fm.param_dtype)
+    start = time.perf_counter()
+    noise.at(0)
+    if fm.device.type == "cuda":
+        torch.cuda.synchronize(fm.device)
+    noise_per_step = (time.perf_counter() - start) / noise.block
     step = make_step(fm, sampler)
     state = sampler.init(fm.w_star.expand(n_chains, fm.layout.dim).contiguous())
     zeros = torch.zeros(n_chains, fm.layout.dim, device=fm.device, dtype=fm.param_dtype)
@@ -318,12 +372,32 @@ def predicted_eager_seconds(
         out = step(state, fm.frozen, fm.buffers, x, y, zeros, hyper, ctx)
         if fm.device.type == "cuda":
             torch.cuda.synchronize(fm.device)
-        _ = out[1].loss.sum().item()
+        _ = out[1].sum().item()
         times.append(time.perf_counter() - start)
     times = sorted(times[1:])
-    return times[len(times) // 2] * steps
+    return (times[len(times) // 2] + noise_per_step) * steps
 
 
 def compiled_step_available(model_key, signature) -> bool:
     """Whether a compiled step for this model object and signature is already in memory."""
     return signature in _COMPILED.get(model_key, {})
+
+
+# caller's model object -> {signature: predicted eager seconds of the runs made on it so far}
+_EAGER_SECONDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compile_pays(model_key, signature, predicted_seconds: float, planned_runs: int | None = None) -> bool:
+    """The ``compile="auto"`` decision for a run predicted to take ``predicted_seconds`` eagerly.
+
+    Compiling pays when the eager time of the planned work exceeds :data:`AUTO_COMPILE_FACTOR` times the
+    compile cost (:data:`COMPILE_SECONDS_GUESS`). The planned work is the larger of ``planned_runs`` runs like
+    this one (a sweep knows its number of points) and the runs made on this model object and signature in this
+    process so far, this one included (a notebook calling again and again on one model): the third call of a
+    25-second run compiles, as does the first point of a 40-point sweep of 2-second runs.
+    """
+    with _COMPILE_LOCK:
+        made = _EAGER_SECONDS.setdefault(model_key, {})
+        made[signature] = made.get(signature, 0.0) + predicted_seconds
+        planned = max(made[signature], predicted_seconds * max(1, planned_runs or 1))
+    return planned > AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS

@@ -39,6 +39,7 @@ def sample(
     show_progress: bool = True,
     warn: bool = True,
     per_sample_path: str | os.PathLike[str] | None = None,
+    planned_runs: int | None = None,
 ) -> LLCResult:
     """Run the chains of ``config`` on a prepared problem; ``learning_rate="auto"`` is calibrated first.
 
@@ -57,6 +58,9 @@ def sample(
     per_sample_path:
         With an evaluation set (``prepare(..., evaluation=loader)``): stream its per-sample losses to this ``.npy``
         file (see :func:`lambdahat.problem.run_chains`).
+    planned_runs:
+        Runs like this one the caller plans (a sweep's points): ``compile="auto"`` compiles when they would
+        take long enough eagerly (see :func:`lambdahat.problem.run_chains`).
 
     Returns
     -------
@@ -95,6 +99,7 @@ def sample(
         show_progress=show_progress,
         warn=warn,
         per_sample_path=per_sample_path,
+        planned_runs=planned_runs,
     )
     if calibration is not None:
         settings = {**result.settings, "learning_rate": "auto", "calibration": calibration.summary()}

@@ -17,6 +17,7 @@ reused by every later run on it. ``learning_rate="auto"`` is resolved one floor 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -32,10 +33,9 @@ from tqdm.auto import tqdm
 from . import trust
 from .anchor import anchor_pass
 from .chains import (
-    AUTO_COMPILE_FACTOR,
-    COMPILE_SECONDS_GUESS,
     EvaluationSet,
     StepFunction,
+    compile_pays,
     compiled_step_available,
     predicted_eager_seconds,
 )
@@ -218,6 +218,10 @@ class Problem:
         """Whether a compiled step for this model and config is already in memory."""
         return compiled_step_available(self.model, self._signature(0, config))
 
+    def compile_pays(self, config: LLCConfig, predicted_seconds: float, planned_runs: int | None) -> bool:
+        """The ``compile="auto"`` decision (see :func:`lambdahat.chains.compile_pays`)."""
+        return compile_pays(self.model, self._signature(0, config), predicted_seconds, planned_runs)
+
     def feed(
         self, slot: int, seed: int, observables: bool = False, ledger: PassLedger | None = None
     ) -> DataFeed:
@@ -246,15 +250,22 @@ def _fixed_data(loader) -> bool:
 
 def _evaluation_set(fm: FunctionalModel, loader, objective: Objective) -> EvaluationSet:
     feed = DataFeed(loader, objective.unpack, fm.device, ANCHOR_SEED, _input_dtype(fm.param_dtype))
-    batches, sizes, tokens = [], [], 0
+    batches, sizes, tokens, at_init = [], [], 0, []
     for x, y in feed.one_pass():
         with torch.no_grad():
             losses = fm.per_sample_losses(fm.w_star, fm.frozen, fm.buffers, x, y)
         batches.append((x, y))
         sizes.append(losses.shape[0])
+        at_init.append(losses.detach().float().cpu())
         tokens = max(tokens, losses.shape[1]) if losses.dim() > 1 else 0
     shape = (sum(sizes), tokens) if tokens else (sum(sizes),)
-    return EvaluationSet(tuple(batches), tuple(sizes), shape)
+    init_losses = torch.full(shape, float("nan"))
+    offset = 0
+    for losses in at_init:  # the layout of the records: shorter batches padded with NaN
+        rows = slice(offset, offset + len(losses))
+        init_losses[(rows, slice(0, losses.shape[1])) if tokens else rows] = losses
+        offset += len(losses)
+    return EvaluationSet(tuple(batches), tuple(sizes), shape, init_losses)
 
 
 def prepare(
@@ -384,6 +395,7 @@ def run_chains(
     warn: bool = True,
     settings: dict[str, Any] | None = None,
     per_sample_path: str | os.PathLike[str] | None = None,
+    planned_runs: int | None = None,
 ) -> LLCResult:
     """Run ``config.chains`` chains on a prepared problem.
 
@@ -410,6 +422,10 @@ def run_chains(
         With an evaluation set: write its per-sample losses to this ``.npy`` file as they are made (blocks of at
         most 64 MiB leave the device), and give ``result.per_sample_losses`` as a tensor over the memory-mapped
         file; ``None`` keeps them in host memory.
+    planned_runs:
+        How many runs like this one the caller plans (a sweep passes its number of points); with
+        ``compile="auto"`` the step is compiled when the eager time of the planned work would exceed a few times
+        the cost of compiling (:func:`lambdahat.chains.compile_pays`).
     """
     if not isinstance(config, LLCConfig):
         raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
@@ -438,7 +454,8 @@ def run_chains(
 
     main = problem.slots[0]
     if problem.compile == "auto":
-        use_compile = problem.compiled_available(config) or (
+        use_compile = problem.compiled_available(config) or problem.compile_pays(
+            config,
             predicted_eager_seconds(
                 main,
                 sampler,
@@ -448,8 +465,8 @@ def run_chains(
                 ctx_on(main),
                 config.total_steps * config.grad_accum_steps,  # the pilot times one micro-batch per step
             )
-            * max(len(batches) for batches in plan.values())
-            > AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS
+            * max(len(batches) for batches in plan.values()),
+            planned_runs,
         )
     else:
         use_compile = bool(problem.compile)
@@ -493,7 +510,7 @@ def run_chains(
         "calibration": None,
         **(settings or {}),
     }
-    return LLCResult.from_trace(
+    result = LLCResult.from_trace(
         trace.info,
         config.schedule,
         problem.init_loss,
@@ -506,3 +523,6 @@ def run_chains(
         counts=trace.counts,
         per_sample_losses=None if records is None else torch.from_numpy(records),
     )
+    if problem.evaluation is None:
+        return result
+    return dataclasses.replace(result, per_sample_losses_at_init=problem.evaluation[0].init_losses)

@@ -72,6 +72,8 @@ class LLCResult:
     per_sample_losses:
         ``[chains, draws, samples(, tokens)]`` losses of the evaluation set at every draw (NaN where a token does
         not count), or ``None`` when no evaluation set was given.
+    per_sample_losses_at_init:
+        ``[samples(, tokens)]`` the same losses at ``w*`` (per-token L0; :mod:`lambdahat.lm.tokens`), or ``None``.
     diverged, divergence_step:
         ``[chains]``: whether each chain diverged and at which step (-1 if not).
     seed:
@@ -136,6 +138,7 @@ class LLCResult:
     per_sample_losses: torch.Tensor | None = None
     temperature: float = math.nan
     temperature_stderr: float = math.nan
+    per_sample_losses_at_init: torch.Tensor | None = None
 
     @classmethod
     def from_trace(

@@ -80,6 +80,7 @@ def estimate(problem: Problem, config, options: Mapping[str, Any]):
         chain_batch=options.get("chain_batch"),
         show_progress=False,
         warn=False,
+        planned_runs=options.get("planned_runs"),
     )
 
 
@@ -290,6 +291,9 @@ def run_sweep(
         try:
             if pending:
                 ex = make_executor(executor, address, ray_resources, ray_init_options)
+                # the points' compile="auto" decides from the planned work
+                if isinstance(shared.get("options"), Mapping):
+                    shared = {**shared, "options": {**shared["options"], "planned_runs": len(pending)}}
                 handles = {name: ex.share(obj) for name, obj in shared.items()}
                 for outcome in ex.map(fn, handles, pending, prepare, max_retries):
                     record(outcome)
