@@ -16,6 +16,7 @@ copied to the host once, at the end.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import warnings
@@ -38,6 +39,7 @@ __all__ = [
     "Schedule",
     "StepFunction",
     "StepNoise",
+    "chunk_steps_for",
     "compile_pays",
     "compiled_step_available",
     "make_step",
@@ -50,6 +52,16 @@ COMPILE_SECONDS_GUESS = 20.0
 #: Compile under ``compile="auto"`` when the eager time of the planned work exceeds this multiple of the compile
 #: cost (break-even for a compiled step 1.5x faster than eager).
 AUTO_COMPILE_FACTOR = 3.0
+#: Compiled runs take this many steps per call (:func:`make_chunk`) ...
+CHUNK_STEPS = 8
+#: ... when they sample at most this many scalars (larger models spend their time in arithmetic, not overhead,
+#: and a chunk multiplies the compile time).
+CHUNK_MAX_DIM = 1 << 16
+
+
+def chunk_steps_for(dim: int) -> int:
+    """Steps per compiled call for a model of ``dim`` sampled scalars."""
+    return CHUNK_STEPS if dim <= CHUNK_MAX_DIM else 1
 
 
 def make_step(
@@ -124,6 +136,26 @@ def make_step(
     return chain_step
 
 
+def make_chunk(fm: FunctionalModel, sampler: Sampler, steps: int) -> Callable:
+    """``steps`` consecutive steps in one function
+    ``(state, frozen, buffers, xs, ys, (keys, t), hyper, ctx) -> (state, info [fields, chains, steps],
+    counts [steps])``, with ``xs``, ``ys`` tuples of ``steps`` batches and the noise of step ``t + k`` made in the
+    graph: compiled, the per-step Python, guard and launch overhead is paid once per chunk, and consecutive
+    steps fuse (the same arithmetic as ``steps`` calls of :func:`make_step`)."""
+    one = make_step(fm, sampler, noise_in_graph=True)
+
+    def chunk(state, frozen, buffers, xs, ys, noise, hyper, ctx):
+        keys, t = noise
+        infos, counts = [], []
+        for k in range(steps):
+            state, info, count = one(state, frozen, buffers, xs[k], ys[k], (keys, t + k), hyper, ctx)
+            infos.append(info)
+            counts.append(count)
+        return state, torch.stack(infos, dim=-1), torch.stack(counts)
+
+    return chunk
+
+
 def make_recorder(fm: FunctionalModel) -> Callable:
     """``(theta [C, D], frozen, buffers, x, y) -> [C, B(, T)]`` per-sample (per-token) losses of all chains."""
     randomness = "different" if fm.model_mode == "train" else "error"
@@ -156,10 +188,10 @@ class StepNoise:
             self._t = torch.tensor(self.step, dtype=torch.int64, device=self._device)
         return self.keys, self._t
 
-    def advance(self) -> None:
-        self.step += 1
+    def advance(self, steps: int = 1) -> None:
+        self.step += steps
         if self._t is not None:
-            self._t.add_(1)
+            self._t.add_(steps)
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -184,15 +216,17 @@ class StepFunction:
         signature=None,
         observe: bool = False,
         micro_batches: int = 1,
+        chunk_steps: int = 1,
     ):
         self.eager = make_step(fm, sampler, observe, micro_batches)
         self.micro_batches = micro_batches
-        self.noise_in_graph = compiled
         self.compiled_fn = None
+        self.chunk_fn = None
         self.first_call = True
         self.compile_seconds = 0.0
         self._cache = _COMPILED.setdefault(model_key, {}) if model_key is not None else {}
         self._signature = signature
+        self._chunk_first = True
         if compiled:
             self.compiled_fn = self._cache.get(signature)
             if self.compiled_fn is not None:
@@ -201,10 +235,40 @@ class StepFunction:
                 self.compiled_fn = self._cache[signature] = torch.compile(
                     make_step(fm, sampler, observe, micro_batches, noise_in_graph=True)
                 )
+            if chunk_steps > 1 and not observe and micro_batches == 1:
+                key = (signature, "chunk", chunk_steps)
+                self.chunk_fn = self._cache.get(key)
+                if self.chunk_fn is not None:
+                    self._chunk_first = False
+                else:
+                    self.chunk_fn = self._cache[key] = torch.compile(make_chunk(fm, sampler, chunk_steps))
+        self.chunk_steps = chunk_steps if self.chunk_fn is not None else 1
 
     @property
     def is_compiled(self) -> bool:
         return self.compiled_fn is not None
+
+    def chunk(self, state, frozen, buffers, xs, ys, noise: StepNoise, hyper, ctx):
+        """``self.chunk_steps`` compiled steps at once (see :func:`make_chunk`); ``None`` when the chunk cannot
+        run (its compile failed: the caller then takes the steps one by one, which warns and falls back)."""
+        if self.chunk_fn is None or self.compiled_fn is None:
+            return None
+        with _COMPILE_LOCK if self._chunk_first else contextlib.nullcontext():
+            start = time.perf_counter()
+            try:
+                return self.chunk_fn(state, frozen, buffers, xs, ys, noise.in_graph(), hyper, ctx)
+            except Exception:  # the single step reports a compiler failure; take the steps one by one
+                self.chunk_fn = None
+                self._cache.pop((self._signature, "chunk", self.chunk_steps), None)
+                return None
+            finally:
+                if self._chunk_first:
+                    self.compile_seconds += time.perf_counter() - start
+                    self._chunk_first = False
+
+    def eager_step(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
+        """One eager step (the same numbers as a compiled one, up to rounding)."""
+        return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
 
     def __call__(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
         """One step; ``noise`` supplies the step's noise in the form the eager or the compiled step takes."""
@@ -227,7 +291,7 @@ class StepFunction:
                 self._cache.pop(self._signature, None)
                 return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
             finally:
-                self.compile_seconds = time.perf_counter() - start
+                self.compile_seconds += time.perf_counter() - start
                 self.first_call = False
         return out
 
@@ -317,7 +381,10 @@ def run_chain_batch(
         )
         recorder = make_recorder(fm)
     first_draw, every = schedule.burnin_steps, schedule.steps_bw_draws
-    for s in range(steps):
+    s = 0
+    if step_fn.chunk_steps > 1 and observed is None and block is None:
+        state, s = _run_chunks(step_fn, fm, state, batches, noise, hyper, ctx, trace, counts, steps, on_step)
+    while s < steps:
         x, y = _next_batch(batches, step_fn.micro_batches)
         extra = _next_batch(observed, step_fn.micro_batches) if observed is not None else ()
         if block is not None and s >= first_draw and (s - first_draw) % every == 0:
@@ -337,9 +404,75 @@ def run_chain_batch(
         noise.advance()
         trace[:, :, s] = info
         counts[s] = count
+        s += 1
         if on_step is not None:
             on_step()
     return ChainTrace(trace.cpu(), counts.cpu())
+
+
+def _run_chunks(step_fn, fm, state, batches, noise, hyper, ctx, trace, counts, steps, on_step):
+    """The steps of a chain batch by compiled chunks of ``step_fn.chunk_steps`` batches of one shape.
+
+    Batches are gathered until a chunk is full; a batch of another shape (a pass's last, smaller batch) sends the
+    batches gathered so far through single steps and starts the next chunk. The last chunk is trimmed (its extra steps
+    are computed and dropped, so no other compile is needed). Returns the state and the number of steps done
+    (``steps``, or fewer when the chunk could not be compiled and the caller continues step by step)."""
+    size, s, pending = step_fn.chunk_steps, 0, []
+
+    def record(k, info, count):
+        trace[:, :, s + k] = info
+        counts[s + k] = count
+
+    while s < steps:
+        batch = next(batches)
+        if pending and _shapes(batch) != _shapes(pending[0]):
+            # another shape: what was gathered goes step by step, the new batch starts the next chunk
+            n = min(len(pending), steps - s)
+            for k, (x, y) in enumerate(pending[:n]):
+                state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise, hyper, ctx)
+                record(k, info, count)
+                noise.advance()
+            s, pending = s + n, []
+            _progress(on_step, n)
+            if s >= steps:
+                break
+        pending.append(batch)
+        if len(pending) < size:
+            continue
+        xs, ys = zip(*pending)
+        out = step_fn.chunk(state, fm.frozen, fm.buffers, xs, ys, noise, hyper, ctx)
+        if out is None:  # the chunk did not compile: these and the remaining steps one by one
+            for k, (x, y) in enumerate(pending[: steps - s]):
+                state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise, hyper, ctx)
+                record(k, info, count)
+                noise.advance()
+            done = min(len(pending), steps - s)
+            _progress(on_step, done)
+            return state, s + done
+        state, info, count = out
+        n = min(size, steps - s)
+        trace[:, :, s : s + n] = info[..., :n]
+        counts[s : s + n] = count[:n]
+        noise.advance(size)
+        s, pending = s + n, []
+        _progress(on_step, n)
+    return state, s
+
+
+def _progress(on_step, steps: int) -> None:
+    if on_step is not None:
+        for _ in range(steps):
+            on_step()
+
+
+def _shapes(obj) -> object:
+    if isinstance(obj, torch.Tensor):
+        return (tuple(obj.shape), obj.dtype)
+    if isinstance(obj, tuple | list):
+        return tuple(_shapes(o) for o in obj)
+    if isinstance(obj, dict):
+        return tuple((k, _shapes(v)) for k, v in obj.items())
+    return type(obj)
 
 
 def predicted_eager_seconds(

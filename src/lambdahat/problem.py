@@ -35,6 +35,7 @@ from .anchor import anchor_pass
 from .chains import (
     EvaluationSet,
     StepFunction,
+    chunk_steps_for,
     compile_pays,
     compiled_step_available,
     predicted_eager_seconds,
@@ -192,6 +193,7 @@ class Problem:
                 signature=signature,
                 observe=self.observables is not None,
                 micro_batches=config.grad_accum_steps,
+                chunk_steps=chunk_steps_for(self.layout.dim) if use_compile else 1,
             )
         return self._steps[key]
 
@@ -504,6 +506,7 @@ def run_chains(
         "chain_batch": len(plan[0][0]),
         "compiled": any(job.step_fn.is_compiled for job in jobs),
         "compile_seconds": sum(job.step_fn.compile_seconds for job in jobs),
+        "chunk_steps": jobs[0].step_fn.chunk_steps,
         "sampled_parameters": len(problem.layout.names),
         "dim": problem.dim,
         "acceptance_kind": acceptance_kind(sampler.name, problem.full_batch),

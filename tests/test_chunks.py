@@ -1,0 +1,40 @@
+"""Compiled chunks of several steps: the same chains as single steps (eager or compiled), whatever the data's
+batch shapes and however the run length divides into chunks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lambdahat.chains as chains
+from lambdahat import LLCEstimator
+
+
+def test_chunking_is_for_small_models_only():
+    assert chains.chunk_steps_for(1000) == chains.CHUNK_STEPS > 1
+    assert chains.chunk_steps_for(chains.CHUNK_MAX_DIM + 1) == 1
+
+
+@pytest.mark.slow
+def test_compiled_chunks_equal_eager_steps(monkeypatch):
+    """Chunks of 3 on passes of batches [32, 32, 32, 4]: whole chunks, the short batch of each pass in a single
+    step, and a last chunk trimmed to the 17 steps of the run."""
+    monkeypatch.setattr(chains, "CHUNK_STEPS", 3)
+    samples = 100
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(samples, 4, generator=g)
+    y = torch.randint(0, 3, (samples,), generator=g)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    est = LLCEstimator(draws=12, chains=3, burnin_steps=5, learning_rate=1e-3, localization=10.0, nbeta=20.0)
+    kwargs = dict(criterion_fn=F.cross_entropy, seed=4, show_progress=False)
+    eager = est.estimate_llc(model, loader, compile=False, **kwargs)
+    eager_trace = est.result.loss_trace
+    compiled = est.estimate_llc(model, loader, compile=True, **kwargs)
+    assert est.get_metrics()["compiled"] is True
+    assert est.get_metrics()["chunk_steps"] == 3
+    torch.testing.assert_close(est.result.loss_trace, eager_trace, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
