@@ -131,7 +131,7 @@ def make_step(
                         loss_fn, state.theta, frozen, buffers, ox, oy, with_grad=False
                     )
             info = info._replace(loss=observed)
-        return new_state, torch.stack(info), count[0]
+        return new_state, torch.stack([field.to(fm.loss_dtype) for field in info]), count[0]
 
     return chain_step
 
@@ -369,8 +369,8 @@ def run_chain_batch(
     n_chains, dim, steps = len(chains), fm.layout.dim, schedule.total_steps
     state = sampler.init(fm.w_star.expand(n_chains, dim).contiguous())
     noise = StepNoise(seed, chains, dim, fm.device, fm.param_dtype)
-    trace = torch.empty(len(Info._fields), n_chains, steps, device=fm.device, dtype=fm.param_dtype)
-    counts = torch.empty(steps, device=fm.device, dtype=fm.param_dtype)
+    trace = torch.empty(len(Info._fields), n_chains, steps, device=fm.device, dtype=fm.loss_dtype)
+    counts = torch.empty(steps, device=fm.device, dtype=fm.loss_dtype)
     batches = iter(feed)
     observed = iter(observables) if observables is not None else None
     block, recorder, rows = None, None, list(chains)

@@ -38,7 +38,7 @@ __all__ = [
 
 #: Precisions a run can use, by name (``torch.<name>``). This module does not import torch until a config is built,
 #: so that the command line can declare its options from it quickly.
-DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16", "model")
 #: ``"eval"``: dropout off, BatchNorm on its running statistics; ``"train"``: dropout active, BatchNorm on the
 #: statistics of each batch (the caller's running statistics are never updated).
 MODEL_MODES = ("eval", "train")
@@ -48,16 +48,19 @@ SAMPLER_NAMES = ("sgld", "rmsprop_sgld", "sgnht")
 STRUCTURAL_FIELDS = ("dtype", "model_mode", "restrict_to_orth_grad")
 
 
-def parse_dtype(value: Any) -> torch.dtype:
-    """A ``torch.dtype`` from itself or its name (``"float32"``, ``"torch.bfloat16"``, ``"bf16"``, ...).
+def parse_dtype(value: Any) -> torch.dtype | str:
+    """A ``torch.dtype`` from itself or its name (``"float32"``, ``"torch.bfloat16"``, ``"bf16"``, ...), or
+    ``"model"`` (the model's own dtype, parameters included).
 
     Examples
     --------
-    >>> parse_dtype("bf16"), parse_dtype("torch.float64")
-    (torch.bfloat16, torch.float64)
+    >>> parse_dtype("bf16"), parse_dtype("torch.float64"), parse_dtype("model")
+    (torch.bfloat16, torch.float64, 'model')
     """
     import torch
 
+    if value == "model":
+        return "model"
     if isinstance(value, torch.dtype):
         if dtype_name(value) in DTYPES:
             return value
@@ -71,8 +74,8 @@ def parse_dtype(value: Any) -> torch.dtype:
     )
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` → ``"float32"``."""
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.float32`` → ``"float32"`` (``"model"`` stays ``"model"``)."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -118,7 +121,8 @@ FIELD_HELP: dict[str, str] = {
     "learning_rate": "step size ε, or 'auto' to calibrate it from short pilot runs",
     "localization": "γ, the strength of the pull towards w*",
     "nbeta": "nβ, inverse temperature times n; empty for n / log n with n the data set size",
-    "dtype": "float32, float64, or bfloat16/float16 (forward under autocast, parameters in float32)",
+    "dtype": "float32, float64, bfloat16/float16 (forward under autocast, parameters in float32), or model (the "
+    "model's own dtype, parameters and chains included: less memory, drift below its resolution lost)",
     "sampler": "sgld, rmsprop_sgld or sgnht",
     "sampler_options": "options of the sampler (rmsprop_sgld: alpha, eps, adapt_steps; sgnht: diffusion)",
     "weight_decay": "coefficient of an extra (wd/2)||w||² term in the potential",
@@ -152,6 +156,12 @@ class LLCConfig:
     dtype:
         ``float32`` (default) or ``float64``: arithmetic in that precision; ``bfloat16`` / ``float16``: forward under
         autocast, parameters and updates in float32. A ``torch.dtype`` or its name (kept as a ``torch.dtype``).
+        ``"model"``: the model's own dtype for everything, the sampled parameters and the chains' state included
+        (a bfloat16 model stays bfloat16: half the memory of float32 copies, for models whose float32 chains do
+        not fit). The trade-off: a bfloat16 number has 8 significant bits, so an increment below about 2⁻⁸ of a
+        weight's magnitude rounds away; with a small ``learning_rate`` the drift ``ε/2 ∇U`` of most coordinates is
+        lost and only the noise moves them, which biases λ̂. Losses are still recorded in float32; check the
+        trust policy's verdict, and prefer ``bfloat16`` (float32 parameters, autocast forward) when it fits.
     sampler:
         ``"sgld"`` (default), ``"rmsprop_sgld"`` or ``"sgnht"``.
     sampler_options:

@@ -437,6 +437,17 @@ def _batch_statistics_only(module: nn.Module) -> None:
             sub.num_batches_tracked = None
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's floating parameters (float32 when it has none); all must agree."""
+    found = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(found) > 1:
+        raise ValueError(
+            f"estimate_llc: dtype='model' needs one dtype for all floating parameters; this model mixes "
+            f"{sorted(str(d) for d in found)}. Cast it (model.to(torch.bfloat16)) or pass dtype='float32'."
+        )
+    return found.pop() if found else torch.float32
+
+
 class FunctionalModel:
     """A private copy of a module, callable as a pure function of the flat sampled scalars.
 
@@ -451,6 +462,8 @@ class FunctionalModel:
     dtype:
         ``torch.float32`` or ``torch.float64``: parameters and arithmetic in that precision.
         ``torch.bfloat16`` or ``torch.float16``: parameters stay float32 and the forward runs under autocast.
+        ``"model"``: the dtype of the model's floating parameters, for parameters and arithmetic alike (losses are
+        returned in at least float32).
     layout:
         The sampled scalars (see :func:`select_parameters`; a list of names is accepted too); the rest are held
         at ``w*``.
@@ -463,21 +476,27 @@ class FunctionalModel:
         model: nn.Module,
         objective: Objective | Callable,
         device: torch.device,
-        dtype: torch.dtype,
+        dtype: torch.dtype | str,
         layout: ParamLayout | Sequence[str],
         model_mode: str = "eval",
     ) -> None:
-        if dtype not in REDUCED_PRECISION + FULL_PRECISION:
+        if dtype == "model":
+            dtype = model_dtype(model)
+            self.autocast_dtype, self.param_dtype = None, dtype
+        elif dtype in REDUCED_PRECISION + FULL_PRECISION:
+            self.autocast_dtype = dtype if dtype in REDUCED_PRECISION else None
+            self.param_dtype = dtype if dtype in FULL_PRECISION else torch.float32
+        else:
             raise ValueError(
                 f"LLCEstimator: dtype must be one of torch.float32, torch.float64, torch.bfloat16, "
-                f"torch.float16; got {dtype}."
+                f"torch.float16 or 'model'; got {dtype}."
             )
+        #: Losses are returned in this dtype (float32 at least, also for a bfloat16 model).
+        self.loss_dtype = torch.promote_types(self.param_dtype, torch.float32)
         if model_mode not in ("eval", "train"):
             raise ValueError(f"estimate_llc: model_mode must be 'eval' or 'train'; got {model_mode!r}.")
         self.objective = objective if isinstance(objective, Objective) else Objective(criterion_fn=objective)
         self.device = torch.device(device)
-        self.autocast_dtype = dtype if dtype in REDUCED_PRECISION else None
-        self.param_dtype = dtype if dtype in FULL_PRECISION else torch.float32
         self.model_mode = model_mode
         self.module = copy.deepcopy(model).to(self.device)
         self.module.train(model_mode == "train")
@@ -544,7 +563,7 @@ class FunctionalModel:
         """Batch loss ``Σ m ℓ / Σ m`` at ``theta`` ``[D]`` and the count ``Σ m`` (see :class:`Objective`)."""
         with self._autocast():
             loss, count = self.objective.mean_and_count(self.caller(theta, frozen, buffers), x, y)
-        return loss.to(self.param_dtype), count.to(device=theta.device, dtype=self.param_dtype)
+        return loss.to(self.loss_dtype), count.to(device=theta.device, dtype=self.loss_dtype)
 
     def loss(self, theta: torch.Tensor, frozen: Mapping, buffers: Mapping, x, y) -> torch.Tensor:
         """Batch loss at the flat sampled scalars ``theta`` (shape ``[D]``).
@@ -557,7 +576,7 @@ class FunctionalModel:
         """Per-sample (per-token) losses ``[B(, T)]`` at ``theta``; NaN where a token does not count."""
         with self._autocast():
             losses, weights = self.objective.per_sample(self.caller(theta, frozen, buffers), x, y)
-        losses = losses.to(self.param_dtype)
+        losses = losses.to(self.loss_dtype)
         return torch.where(weights > 0, losses, torch.full_like(losses, float("nan")))
 
     def check(self, x, y) -> None:

@@ -69,9 +69,12 @@ def nbeta_from_effective_size(n: int | float) -> float:
     return float(n) / math.log(n)
 
 
-def _input_dtype(dtype: torch.dtype) -> torch.dtype | None:
-    """Floating inputs are cast to float64 in float64 runs, left as they are otherwise."""
-    return torch.float64 if dtype == torch.float64 else None
+def _input_dtype(fm: FunctionalModel) -> torch.dtype | None:
+    """Floating inputs are cast to the parameters' dtype when the forward runs in it without autocast and it is
+    not float32 (float64 runs, ``dtype="model"`` on a bfloat16 model), left as they are otherwise."""
+    if fm.autocast_dtype is None and fm.param_dtype != torch.float32:
+        return fm.param_dtype
+    return None
 
 
 def _loader_advice(loader, devices: list[torch.device]) -> None:
@@ -236,7 +239,7 @@ class Problem:
             self.objective.unpack,
             fm.device,
             seed + (1 if observables else 0),
-            _input_dtype(fm.param_dtype),
+            _input_dtype(fm),
             ledger=ledger,
         )
 
@@ -251,7 +254,7 @@ def _fixed_data(loader) -> bool:
 
 
 def _evaluation_set(fm: FunctionalModel, loader, objective: Objective) -> EvaluationSet:
-    feed = DataFeed(loader, objective.unpack, fm.device, ANCHOR_SEED, _input_dtype(fm.param_dtype))
+    feed = DataFeed(loader, objective.unpack, fm.device, ANCHOR_SEED, _input_dtype(fm))
     batches, sizes, tokens, at_init = [], [], 0, []
     for x, y in feed.one_pass():
         with torch.no_grad():
@@ -333,7 +336,7 @@ def prepare(
         FunctionalModel(model, objective, dev, config.dtype, layout, config.model_mode) for dev in dev_list
     ]
     main = slots[0]
-    in_dtype = _input_dtype(main.param_dtype)
+    in_dtype = _input_dtype(main)
     feed = DataFeed(loader, objective.unpack, main.device, ANCHOR_SEED, in_dtype)
     anchor = anchor_pass(main, feed, config.restrict_to_orth_grad)
     init_loss, direction = anchor.init_loss, anchor.direction
