@@ -80,35 +80,43 @@ def run_slots(
     schedule: Schedule,
     on_step: Callable[[], None] | None = None,
     records: np.ndarray | None = None,
+    split_on_oom: bool = False,
 ) -> ChainTrace:
     """Run every planned chain batch; returns the traces of all chains, ordered by chain (per-sample losses of the
-    evaluation sets go into ``records``, see :func:`~lambdahat.chains.run_chain_batch`)."""
+    evaluation sets go into ``records``, see :func:`~lambdahat.chains.run_chain_batch`). With ``split_on_oom`` a
+    chain batch that runs out of CUDA memory is run again as two halves (the same results: a chain's stream and
+    data do not depend on its batch)."""
+
+    def run_batch(job: SlotJob, chains: list[int]) -> list[tuple[list[int], ChainTrace]]:
+        try:
+            trace = run_chain_batch(
+                job.step_fn,
+                job.fm,
+                sampler,
+                chains,
+                job.feed,
+                seed,
+                schedule,
+                job.hyper,
+                job.ctx,
+                on_step=on_step,
+                observables=job.observables,
+                evaluation=job.evaluation,
+                records=records,
+            )
+        except torch.OutOfMemoryError:
+            if not split_on_oom or len(chains) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(chains) // 2
+            return run_batch(job, chains[:half]) + run_batch(job, chains[half:])
+        return [(chains, trace)]
 
     def run_slot(slot: int) -> list[tuple[list[int], ChainTrace]]:
         job = jobs[slot]
         device_scope = torch.cuda.device(job.fm.device) if job.fm.device.type == "cuda" else nullcontext()
         with device_scope:
-            return [
-                (
-                    chains,
-                    run_chain_batch(
-                        job.step_fn,
-                        job.fm,
-                        sampler,
-                        chains,
-                        job.feed,
-                        seed,
-                        schedule,
-                        job.hyper,
-                        job.ctx,
-                        on_step=on_step,
-                        observables=job.observables,
-                        evaluation=job.evaluation,
-                        records=records,
-                    ),
-                )
-                for chains in plan[slot]
-            ]
+            return [piece for chains in plan[slot] for piece in run_batch(job, chains)]
 
     slots = sorted(plan)
     if len(slots) == 1:

@@ -35,7 +35,7 @@ def sample(
     config: LLCConfig,
     *,
     seed: int | None = None,
-    chain_batch: int | None = None,
+    chain_batch: int | str | None = None,
     show_progress: bool = True,
     warn: bool = True,
     per_sample_path: str | os.PathLike[str] | None = None,
@@ -52,7 +52,8 @@ def sample(
     seed:
         Master seed (``None``: drawn and recorded). Per-chain results depend on ``(seed, chain)`` only.
     chain_batch:
-        Chains per device call (``None``: all chains of a device at once).
+        Chains per device call (``None``: all chains of a device at once; ``"auto"``: as many as the free memory
+        holds, see :func:`lambdahat.problem.run_chains`).
     show_progress, warn:
         A progress bar; the trust policy's warnings.
     per_sample_path:
@@ -216,7 +217,7 @@ class LLCEstimator:
         criterion_fn: Callable | None = None,
         unpack_fn: Callable | None = None,
         devices: str | torch.device | Sequence[str | torch.device] = "cpu",
-        chain_batch: int | None = None,
+        chain_batch: int | str | None = None,
         seed: int | None = None,
         compile: bool | str = "auto",
         show_progress: bool = True,
@@ -244,7 +245,8 @@ class LLCEstimator:
         devices:
             A device or a list of devices; chain batches are spread over them and run concurrently.
         chain_batch:
-            Chains per device call (``None``: all chains of a device at once). Results do not depend on it.
+            Chains per device call (``None``: all chains of a device at once; ``"auto"``: as many as the free memory
+        holds, see :func:`lambdahat.problem.run_chains`). Results do not depend on it.
         seed:
             Master seed. Chain ``c`` draws its noise from a stream derived from ``(seed, c)`` only, and every
             chain sees the same data order, so per-chain results do not depend on ``chain_batch`` or ``devices``.
@@ -301,7 +303,7 @@ class LLCEstimator:
         criterion_fn: Callable | None = None,
         unpack_fn: Callable | None = None,
         devices: str | torch.device | Sequence[str | torch.device] = "cpu",
-        chain_batch: int | None = None,
+        chain_batch: int | str | None = None,
         seed: int | None = None,
         compile: bool | str = "auto",
         show_progress: bool = True,

@@ -403,7 +403,7 @@ def bif(
     devices: str | torch.device | Sequence[str | torch.device] = "cpu",
     compile: bool | str = "auto",
     seed: int | None = None,
-    chain_batch: int | None = None,
+    chain_batch: int | str | None = None,
     per_sample_path: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     show_progress: bool = False,

@@ -44,6 +44,7 @@ from .config import LLCConfig, dtype_name
 from .data import DataFeed, PassLedger, dataset_size
 from .devices import SlotJob, plan_chain_batches, resolve_devices, run_slots
 from .functional import FunctionalModel, Objective, ParamLayout, ParamSelection, select_parameters
+from .memory import choose_chain_batch
 from .result import LLCResult
 from .rng import resolve_seed
 from .samplers import Context, Hyper
@@ -227,6 +228,26 @@ class Problem:
         """The ``compile="auto"`` decision (see :func:`lambdahat.chains.compile_pays`)."""
         return compile_pays(self.model, self._signature(0, config), predicted_seconds, planned_runs)
 
+    def auto_chain_batch(self, config: LLCConfig, seed: int) -> tuple[int, dict[str, Any]]:
+        """``chain_batch="auto"``: the most chains of a slot that fit the free memory of every slot's device
+        (:func:`lambdahat.memory.choose_chain_batch` on the first batch of the data), and the memory plan."""
+        per_slot = math.ceil(config.chains / len(self.slots))
+        chosen, plans = per_slot, []
+        for slot, fm in enumerate(self.slots):
+            x, y = next(iter(self.feed(slot, seed)))
+            batch, model, free = choose_chain_batch(fm, x, y, per_slot)
+            chosen = min(chosen, batch)
+            plans.append(
+                {
+                    "device": str(fm.device),
+                    "base_bytes": model.base,
+                    "per_chain_bytes": model.per_chain,
+                    "how": model.how,
+                    "free_bytes": free,
+                }
+            )
+        return chosen, {"chain_batch": chosen, "slots": plans}
+
     def feed(
         self, slot: int, seed: int, observables: bool = False, ledger: PassLedger | None = None
     ) -> DataFeed:
@@ -395,7 +416,7 @@ def run_chains(
     config: LLCConfig,
     *,
     seed: int | None = None,
-    chain_batch: int | None = None,
+    chain_batch: int | str | None = None,
     show_progress: bool = True,
     warn: bool = True,
     settings: dict[str, Any] | None = None,
@@ -416,7 +437,9 @@ def run_chains(
         the same data order, so per-chain results do not depend on ``chain_batch`` or the devices. ``None`` draws
         one (recorded in the result).
     chain_batch:
-        Chains per device call (``None``: all chains of a slot at once).
+        Chains per device call (``None``: all chains of a slot at once; ``"auto"``: as many as the device's free
+        memory holds, from a measured or estimated memory model, see :mod:`lambdahat.memory`; a CUDA
+        out-of-memory error then halves the chain batch and repeats it, with the same results).
     show_progress:
         A tqdm bar over steps.
     warn:
@@ -439,13 +462,21 @@ def run_chains(
             "run_chains: learning_rate='auto' is chosen by lambdahat.sample or lambdahat.calibrate; pass a number."
         )
     problem.check(config)
-    if chain_batch is not None and (
-        isinstance(chain_batch, bool) or not isinstance(chain_batch, int) or chain_batch < 1
+    auto_batch = chain_batch == "auto"
+    if (
+        chain_batch is not None
+        and not auto_batch
+        and (isinstance(chain_batch, bool) or not isinstance(chain_batch, int) or chain_batch < 1)
     ):
-        raise ValueError(f"estimate_llc: chain_batch must be an int >= 1 or None; got {chain_batch!r}.")
+        raise ValueError(
+            f"estimate_llc: chain_batch must be an int >= 1, 'auto' or None; got {chain_batch!r}."
+        )
     seed = resolve_seed(seed)
     nbeta = problem.nbeta(config)
     sampler = config.build_sampler()
+    memory_plan = None
+    if auto_batch:
+        chain_batch, memory_plan = problem.auto_chain_batch(config, seed)
     plan = plan_chain_batches(config.chains, chain_batch, len(problem.slots))
 
     def hyper_on(fm: FunctionalModel) -> Hyper:
@@ -497,7 +528,14 @@ def run_chains(
         total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False
     ) as bar:
         trace = run_slots(
-            jobs, plan, sampler, seed, config.schedule, on_step=lambda: bar.update(1), records=records
+            jobs,
+            plan,
+            sampler,
+            seed,
+            config.schedule,
+            on_step=lambda: bar.update(1),
+            records=records,
+            split_on_oom=auto_batch,
         )
     if records is not None and per_sample_path is not None:
         records.flush()
@@ -507,6 +545,7 @@ def run_chains(
         "dtype": dtype_name(config.dtype),
         "devices": [str(d) for d in problem.devices],
         "chain_batch": len(plan[0][0]),
+        "chain_memory": memory_plan,
         "compiled": any(job.step_fn.is_compiled for job in jobs),
         "compile_seconds": sum(job.step_fn.compile_seconds for job in jobs),
         "chunk_steps": jobs[0].step_fn.chunk_steps,

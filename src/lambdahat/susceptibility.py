@@ -201,7 +201,7 @@ def susceptibilities(
     devices: str | torch.device | Sequence[str | torch.device] = "cpu",
     compile: bool | str = "auto",
     seed: int | None = None,
-    chain_batch: int | None = None,
+    chain_batch: int | str | None = None,
     per_sample_dir: str | os.PathLike[str] | None = None,
     block_size: int = BLOCK_SIZE,
     show_progress: bool = False,

@@ -384,7 +384,7 @@ class LLCGridSearch:
         criterion_fn: Callable = F.cross_entropy,
         unpack_fn: Callable | None = None,
         devices: str | torch.device | Sequence[str | torch.device] = "cpu",
-        chain_batch: int | None = None,
+        chain_batch: int | str | None = None,
         seed: int | None = None,
         compile: bool | str = "auto",
         show_progress: bool = True,
