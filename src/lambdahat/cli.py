@@ -42,11 +42,13 @@ def validate(
 
 
 def _register_commands() -> None:
+    from .lm.cli import register as register_lm
     from .modadd.cli import register as register_modadd
     from .sweeps.cli import register as register_sweep
 
     register_modadd(app)
     register_sweep(app)
+    register_lm(app)
 
 
 _register_commands()
