@@ -101,6 +101,7 @@ def run_dir(tmp_path):
         ["modadd", "fourier"],
         ["modadd", "circuit"],
         ["modadd", "sweep-p"],
+        ["modadd", "reproduce-p-sweep"],
         ["demo"],
     ],
 )

@@ -15,6 +15,7 @@ come from the torch-free :mod:`lambdahat.modadd.params`: nothing here imports to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import warnings
@@ -76,6 +77,11 @@ THREADS_HELP = (
 class Executor(StrEnum):
     local = "local"
     ray = "ray"
+
+
+class Preset(StrEnum):
+    quick = "quick"
+    full = "full"
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -193,7 +199,7 @@ Seed = Annotated[
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``modadd`` sub-app (train, llc, fourier, circuit, sweep-p) and the ``demo`` command to ``app``."""
+    """Add the ``modadd`` sub-app (train, llc, fourier, circuit, sweep-p, reproduce-p-sweep) and the ``demo`` command to ``app``."""
     sub = typer.Typer(
         help="Modular addition: train grokking models, λ̂ over training, Fourier modes, pizza or clock, λ̂ against p.",
         no_args_is_help=True,
@@ -529,6 +535,106 @@ def register(app: typer.Typer) -> None:
         _echo_table(df, [*shown, "test_acc"])
         typer.echo(f"{len(df)} model(s) in {time.perf_counter() - t:.1f} s")
         _wrote([out / SWEEP_TABLE, png, out / "runs"])
+
+    @sub.command("reproduce-p-sweep")
+    def reproduce_cmd(
+        out: Annotated[
+            Path | None,
+            typer.Option(
+                "--out", "-o", help="Directory (default: modadd-reproduce-<timestamp>); rerun to resume."
+            ),
+        ] = None,
+        preset: Annotated[
+            Preset,
+            typer.Option(
+                help="quick: 2 seeds, 1,000 SGLD steps at ε = 1e-3 and 200 at ε = 1e-5; full: the hackathon's "
+                "protocol (5 seeds, 5,000 SGLD steps). Both train every model the recipe's steps."
+            ),
+        ] = Preset.quick,
+        ps: Annotated[
+            str | None, typer.Option("--ps", help="Comma-separated moduli (default: 23,29,37,41,47,53).")
+        ] = None,
+        run_ids: Annotated[
+            str | None, typer.Option(help="Comma-separated seeds (default: the preset's).")
+        ] = None,
+        draws: Annotated[
+            int | None,
+            typer.Option(min=1, help="SGLD steps per chain (default: the preset's).", rich_help_panel=_LLC),
+        ] = None,
+        chains: Annotated[
+            int | None, typer.Option(min=1, help="Chains (default: the preset's).", rich_help_panel=_LLC)
+        ] = None,
+        trusted_learning_rate: Annotated[
+            float | None,
+            typer.Option(min=0.0, help="The smaller ε (default: the preset's).", rich_help_panel=_LLC),
+        ] = None,
+        step_budget_factor: Annotated[
+            float | None,
+            typer.Option(
+                min=0.0,
+                help="Multiplies the recipe's 10,000 (15,000) training steps.",
+                rich_help_panel=_TRAIN,
+            ),
+        ] = None,
+        min_steps_factor: Annotated[
+            float | None,
+            typer.Option(
+                min=0.0,
+                help="No model stops at its criterion before this fraction of the recipe's steps (1).",
+                rich_help_panel=_TRAIN,
+            ),
+        ] = None,
+        check_every: Annotated[
+            int | None,
+            typer.Option(
+                min=1, help="Training steps between criterion checks (250).", rich_help_panel=_TRAIN
+            ),
+        ] = None,
+        seed: Seed = 0,
+        overwrite: Annotated[
+            bool, typer.Option(help="Discard stored results of other settings in OUT and start again.")
+        ] = False,
+        threads: Threads = 1,
+    ) -> None:
+        """Reproduce the hackathon's λ̂ against p (REFERENCE.md §3) side by side with its numbers.
+
+        Trains the hackathon's untied GELU MLPs (embed 8, hidden 32; true and random labels) to a stated criterion, estimates λ̂ at the hackathon's ε = 1e-3 and at a smaller ε with MALA acceptance >= 0.9, and writes OUT/reproduce_p_sweep.csv (one row per model), summary.csv, fits.csv (linear against quadratic in p, with residuals), llc_vs_p_reproduction.png and summary.md (what agrees and what does not). Resumable: finished models are stored in OUT/llc at once.
+        """
+        from lambdahat.modadd.reproduce import FULL, QUICK, reproduce_p_sweep, write_reproduction
+
+        base = QUICK if preset is Preset.quick else FULL
+        changes: dict[str, Any] = {}
+        if ps is not None:
+            changes["ps"] = tuple(_int_list(ps, "--ps"))
+        if run_ids is not None:
+            changes["run_ids"] = tuple(_int_list(run_ids, "--run-ids"))
+        given = {
+            "draws": draws,
+            "chains": chains,
+            "trusted_learning_rate": trusted_learning_rate,
+            "step_budget_factor": step_budget_factor,
+            "min_steps_factor": min_steps_factor,
+            "check_every": check_every,
+        }
+        for name, value in given.items():
+            if value is not None:
+                changes[name] = value
+        try:
+            protocol = dataclasses.replace(base, **changes)
+        except (ValueError, TypeError) as exc:
+            raise _fail(str(exc)) from None
+        out = out if out is not None else _timestamped("modadd-reproduce")
+        _set_threads(threads)
+        with _warnings_to_stderr():
+            try:
+                rep = reproduce_p_sweep(out, protocol, seed=seed, overwrite=overwrite)
+                files = write_reproduction(rep, out)
+            except (ValueError, TypeError, FileExistsError) as exc:
+                raise _fail(str(exc)) from None
+            except RuntimeError as exc:
+                raise _fail(str(exc), code=1) from None
+        typer.echo((out / "summary.md").read_text())
+        _wrote(files)
 
     @app.command("demo")
     def demo_cmd(

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,7 @@ def train(
     out_dir: str | os.PathLike[str],
     show_progress: bool = True,
     overwrite: bool = False,
+    stop_when: Callable[[dict[str, float]], bool] | None = None,
 ) -> Run:
     """Train a model as described by ``params`` and write the run directory ``out_dir``.
 
@@ -163,6 +165,12 @@ def train(
         Show a tqdm progress bar with the latest checkpoint's accuracies.
     overwrite : bool, default False
         Replace an existing run directory (only one that this module wrote, i.e. with a run ``params.json``).
+    stop_when : callable, optional
+        A training criterion, called after every saved checkpoint after the initialization with its record row
+        (``checkpoint, step, train_loss, test_loss, train_acc, test_acc``); when it returns True, training stops
+        there, and the run ends with fewer checkpoints than planned (:func:`load_run` reads it as it reads an
+        interrupted run; whether the last checkpoint meets the criterion tells the two apart). Default: train
+        all ``n_batches`` steps.
 
     Returns
     -------
@@ -209,15 +217,16 @@ def train(
         _save_checkpoint(model, out / "checkpoints" / _ckpt_name(ci))
         train_loss, train_acc = evaluate(model, train_ds)
         test_loss, test_acc = evaluate(model, test_ds)
+        row = [ci, steps[ci], train_loss, test_loss, train_acc, test_acc]
         with open(record_path, "a") as f:
-            f.write(_format_row([ci, steps[ci], train_loss, test_loss, train_acc, test_acc]))
-        return {"train_acc": train_acc, "test_acc": test_acc}
+            f.write(_format_row(row))
+        return dict(zip(RECORD_COLUMNS, row))
 
     if params.num_no_weight_decay_steps > 0:
         set_weight_decay(0.0)
     step = 0
     with tqdm(total=params.n_batches, disable=not show_progress, desc=f"modadd p={params.p}") as bar:
-        bar.set_postfix(save(0))
+        bar.set_postfix(_postfix(save(0)))
         for ci in range(1, len(steps)):
             while step < steps[ci]:
                 if step == params.num_no_weight_decay_steps:
@@ -229,8 +238,15 @@ def train(
                 optimizer.step()
                 step += 1
                 bar.update(1)
-            bar.set_postfix(save(ci))
+            row = save(ci)
+            bar.set_postfix(_postfix(row))
+            if stop_when is not None and stop_when(row):
+                break
     return load_run(out)
+
+
+def _postfix(row: dict[str, float]) -> dict[str, float]:
+    return {"train_acc": row["train_acc"], "test_acc": row["test_acc"]}
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
