@@ -73,6 +73,15 @@ def test_eager_blocks_equal_the_functional_generator(dtype):
     assert torch.equal(block, functional)
 
 
+def test_eager_slices_give_the_same_numbers(monkeypatch):
+    import lambdahat.rng as rng
+
+    keys = chain_keys(5, [0, 1])
+    whole = gaussian_eager(keys, 3, 2, 1001, torch.float32)
+    monkeypatch.setattr(rng, "EAGER_SLICE_COUNTERS", 7)  # 251 counters per chain and step: slices of 1
+    assert torch.equal(gaussian_eager(keys, 3, 2, 1001, torch.float32), whole)
+
+
 @pytest.mark.slow
 def test_compiled_generator_equals_eager():
     keys = chain_keys(1, [0, 1])
