@@ -9,7 +9,9 @@ Workloads (8 chains, 50 burn-in steps, 100 draws = 150 steps):
 
 The *floor* is a bare loop of ``vmap(grad_and_value(loss))`` over stacked parameters on the same batches, with no
 sampler, no noise and no bookkeeping, eager and ``torch.compile``d; the faster of the two is the floor.
-For the estimator we time (after one warm-up call) the steady state with ``compile=True`` and ``compile=False``,
+For the estimator we time (after one warm-up call) the steady state with ``compile=True``, ``compile=False`` and
+the default ``compile="auto"`` (on its own copy of the model, warmed up by one "auto" call, so that "auto" decides
+from the calls made on that object, as in a notebook calling again and again; the table says whether it compiled),
 and separately a *one-off* call with the default ``compile="auto"`` on a fresh model object (what a user's first
 call on a model costs), compared with an eager one-off call (median of the repeats, order alternating).
 
@@ -18,6 +20,11 @@ Every time is the median of ``--repeats`` interleaved repeats; ratios are taken 
 Usage::
 
     python benchmarks/estimator_speed.py [--repeats 3] [--workloads mlp,modadd,dln,transformer] [--threads N]
+                                         [--device cuda] [--no-oneoff]
+
+On CUDA the model, the data and the floor's batches are on the device, the estimator runs with
+``devices=[device]`` (its loader stays on the CPU, as a user's would), and every clock stops after a synchronize.
+Peak memory: ``benchmarks/memory.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import copy
 import math
 import statistics
+import sys
 import time
 import warnings
 
@@ -128,9 +136,15 @@ def workload(name: str):
     raise ValueError(name)
 
 
-def time_floor(model, batches, criterion, compiled_fn_cache):
-    """Seconds for STEPS vmapped grad_and_value calls over stacked parameters (eager and compiled)."""
-    base = copy.deepcopy(model).eval()
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_floor(model, batches, criterion, compiled_fn_cache, device="cpu"):
+    """Seconds for STEPS vmapped grad_and_value calls over stacked parameters (eager and compiled); ``batches``
+    are already on ``device``."""
+    base = copy.deepcopy(model).eval().to(device)
     params, buffers = stack_module_state([base] * CHAINS)
     params = {k: v.detach() for k, v in params.items()}
 
@@ -138,15 +152,20 @@ def time_floor(model, batches, criterion, compiled_fn_cache):
         return criterion(functional_call(base, (p, b), (x,)), y)
 
     f = vmap(grad_and_value(loss), in_dims=(0, 0, None, None))
+    # one batch of every shape (a last, smaller batch makes the compiled floor recompile: not in the timed loop)
+    shapes = list({tuple(t.shape for t in b): b for b in batches}.values())
     if "compiled" not in compiled_fn_cache:
         cf = torch.compile(f)
         start = time.perf_counter()
         cf(params, buffers, *batches[0])
+        sync(device)
         compiled_fn_cache["compile_seconds"] = time.perf_counter() - start
         compiled_fn_cache["compiled"] = cf
     out = {}
     for kind, fn in (("eager", f), ("compiled", compiled_fn_cache["compiled"])):
-        fn(params, buffers, *batches[0])
+        for b in shapes:
+            fn(params, buffers, *b)
+        sync(device)
         start = time.perf_counter()
         for s in range(STEPS):
             _grads, losses = fn(params, buffers, *batches[s % len(batches)])
@@ -155,11 +174,31 @@ def time_floor(model, batches, criterion, compiled_fn_cache):
     return out
 
 
-def time_estimator(model, loader, criterion, hp, compile):
+def time_estimator(model, loader, criterion, hp, compile, device="cpu"):
     est = LLCEstimator(draws=DRAWS, chains=CHAINS, burnin_steps=BURNIN, **hp)
+    sync(device)
     start = time.perf_counter()
-    est.estimate_llc(model, loader, criterion_fn=criterion, seed=0, compile=compile, show_progress=False)
+    est.estimate_llc(
+        model, loader, criterion_fn=criterion, devices=[device], seed=0, compile=compile, show_progress=False
+    )
+    sync(device)
     return time.perf_counter() - start, est.get_metrics()
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+HEADER = (
+    "| workload | D | floor eager ms/step | floor compiled ms/step | estimator compiled ms/step | estimator eager "
+    "ms/step | estimator auto ms/step | compiled / floor | eager / floor | auto / floor | auto compiled? | "
+    "chunk steps (compiled) | floor compile s | estimator first call (compile) s | one-off auto s | "
+    "one-off eager s | one-off auto compiled? |"
+)
 
 
 def main() -> None:
@@ -169,73 +208,76 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workloads", default="mlp,modadd,dln,transformer")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-oneoff", action="store_true", help="skip the one-off (fresh model) calls")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    device = args.device
+    print(f"command: python {' '.join(sys.argv)}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if torch.device(device).type == "cuda" else "")
+        + f"; load average before: {loadavg()}",
+        flush=True,
+    )
     warnings.simplefilter("ignore", RuntimeWarning)
     # warm the process up (imports, first-use initialisation) on a tiny model so no workload pays for it
     tiny = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
     LLCEstimator(draws=20, chains=2, burnin_steps=5).estimate_llc(
-        nn.Linear(4, 2), DataLoader(tiny, batch_size=32), seed=0, compile=False, show_progress=False
+        nn.Linear(4, 2),
+        DataLoader(tiny, batch_size=32),
+        devices=[device],
+        seed=0,
+        compile=False,
+        show_progress=False,
     )
-    rows = []
+    print(HEADER)
+    print("|---" * 17 + "|", flush=True)
     for name in args.workloads.split(","):
         model, data, batch, criterion, hp = workload(name)
         loader = DataLoader(data, batch_size=batch, shuffle=True)
-        batches = [b for b in DataLoader(data, batch_size=batch, shuffle=True)]
+        batches = [tuple(t.to(device) for t in b) for b in DataLoader(data, batch_size=batch, shuffle=True)]
         # one-off calls (fresh model objects, nothing compiled in memory for them), alternating the order so that
         # neither pays for first-use costs of the process alone; the process was warmed up on a tiny model
-        autos, eagers = [], []
-        for r in range(args.repeats):
+        autos, eagers, m_auto = [], [], {"compiled": "-"}
+        for r in range(0 if args.no_oneoff else args.repeats):
             order = ("auto", False) if r % 2 else (False, "auto")
             for mode in order:
-                seconds, metrics = time_estimator(copy.deepcopy(model), loader, criterion, hp, mode)
+                seconds, metrics = time_estimator(copy.deepcopy(model), loader, criterion, hp, mode, device)
                 (autos if mode == "auto" else eagers).append(seconds)
                 if mode == "auto":
                     m_auto = metrics
-        oneoff_auto, oneoff_eager = statistics.median(autos), statistics.median(eagers)
+        oneoff_auto = statistics.median(autos) if autos else float("nan")
+        oneoff_eager = statistics.median(eagers) if eagers else float("nan")
         # first compiled call (compile included) on the model reused for the steady state
-        first_compiled, m_first = time_estimator(model, loader, criterion, hp, True)
+        first_compiled, m_first = time_estimator(model, loader, criterion, hp, True, device)
+        # the default on its own model object: one warm-up call, then the steady state
+        auto_model = copy.deepcopy(model)
+        time_estimator(auto_model, loader, criterion, hp, "auto", device)
         cache: dict = {}
-        times = {"floor_eager": [], "floor_compiled": [], "est_compiled": [], "est_eager": []}
+        times = {"floor_eager": [], "floor_compiled": [], "est_compiled": [], "est_eager": [], "est_auto": []}
         for _ in range(args.repeats):
-            floor = time_floor(model, batches, criterion, cache)
+            floor = time_floor(model, batches, criterion, cache, device)
             times["floor_eager"].append(floor["eager"])
             times["floor_compiled"].append(floor["compiled"])
-            times["est_compiled"].append(time_estimator(model, loader, criterion, hp, True)[0])
-            times["est_eager"].append(time_estimator(model, loader, criterion, hp, False)[0])
+            times["est_compiled"].append(time_estimator(model, loader, criterion, hp, True, device)[0])
+            times["est_eager"].append(time_estimator(model, loader, criterion, hp, False, device)[0])
+            seconds, m_steady_auto = time_estimator(auto_model, loader, criterion, hp, "auto", device)
+            times["est_auto"].append(seconds)
         med = {k: statistics.median(v) for k, v in times.items()}
         floor_best = min(med["floor_eager"], med["floor_compiled"])
-        rows.append(
-            {
-                "workload": name,
-                "params": m_first["dim"],
-                **{k: 1e3 * v / STEPS for k, v in med.items()},
-                "ratio_compiled": med["est_compiled"] / floor_best,
-                "ratio_eager": med["est_eager"] / floor_best,
-                "floor_compile_s": cache["compile_seconds"],
-                "est_first_compiled_s": first_compiled,
-                "oneoff_auto_s": oneoff_auto,
-                "oneoff_eager_s": oneoff_eager,
-                "auto_compiled": m_auto["compiled"],
-            }
-        )
-        print(f"done {name}", flush=True)
-    print()
-    print(
-        "| workload | D | floor eager ms/step | floor compiled ms/step | estimator compiled ms/step | estimator eager "
-        "ms/step | compiled / floor | eager / floor | floor compile s | estimator first call (compile) s | "
-        "one-off auto s | one-off eager s | auto compiled? |"
-    )
-    print("|---" * 13 + "|")
-    for r in rows:
+        ms = {k: 1e3 * v / STEPS for k, v in med.items()}
         print(
-            f"| {r['workload']} | {r['params']} | {r['floor_eager']:.2f} | {r['floor_compiled']:.2f} | "
-            f"{r['est_compiled']:.2f} | {r['est_eager']:.2f} | {r['ratio_compiled']:.2f} | {r['ratio_eager']:.2f} | "
-            f"{r['floor_compile_s']:.1f} | {r['est_first_compiled_s']:.1f} | {r['oneoff_auto_s']:.2f} | "
-            f"{r['oneoff_eager_s']:.2f} | {r['auto_compiled']} |"
+            f"| {name} | {m_first['dim']} | {ms['floor_eager']:.2f} | {ms['floor_compiled']:.2f} | "
+            f"{ms['est_compiled']:.2f} | {ms['est_eager']:.2f} | {ms['est_auto']:.2f} | "
+            f"{med['est_compiled'] / floor_best:.2f} | {med['est_eager'] / floor_best:.2f} | "
+            f"{med['est_auto'] / floor_best:.2f} | {m_steady_auto['compiled']} | {m_first['chunk_steps']} | "
+            f"{cache['compile_seconds']:.1f} | {first_compiled:.1f} | {oneoff_auto:.2f} | {oneoff_eager:.2f} | "
+            f"{m_auto['compiled']} |",
+            flush=True,
         )
+    print(f"\nload average after: {loadavg()}")
 
 
 if __name__ == "__main__":
