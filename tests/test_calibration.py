@@ -115,9 +115,14 @@ def _record_pilots(monkeypatch) -> list[dict]:
 def test_calibrated_defaults_land_within_10_percent_on_the_regular_case(regular10):
     est = _main_estimator(draws=400)
     cal = _calibrate(regular10, est)
-    # In d = 10 the bias cap binds before the acceptance target: εκ̂ = 4b/(1 + b), λ̂ inflated by at most 5 %.
-    # The step is set to exactly cap/κ̂, so the product is the cap up to float rounding (rel 1e-6).
-    assert cal.learning_rate * cal.curvature == pytest.approx(CAP_EPS_KAPPA, rel=1e-6)
+    # In d = 10 the step bias rule binds before the acceptance target: the search starts at the w* cap
+    # εκ̂ = 4b/(1 + b), whose pilot fails the predicted bias ε (1.5 (κ_eff − γ) + γ/4) > b = 0.05, and the chosen
+    # step passes it; on this quadratic (true slope 1/4) that is εκ ≈ 0.034, a step bias under 1 %.
+    assert cal.table["eps_kappa"].iloc[0] == pytest.approx(CAP_EPS_KAPPA, rel=1e-6)
+    assert cal.table["note"].iloc[0].startswith("predicted step bias")
+    assert cal.learning_rate * cal.curvature <= CAP_EPS_KAPPA
+    chosen = cal.table[cal.table["learning_rate"] == cal.learning_rate].iloc[-1]
+    assert chosen["accepted"] and chosen["mala_acceptance"] >= 0.92
     # K = |w|² has Hessian 2·I, so the power iteration's Rayleigh quotient is exact: κ̂ = 2nβ + γ with
     # nβ = 1000 / log 1000 = 144.7648...; rel 1e-3 covers writing nβ as 144.765 and float32 Hessian products.
     assert "max_step_bias" in cal.reason and cal.curvature == pytest.approx(2 * 144.765 + GAMMA, rel=1e-3)
@@ -131,7 +136,7 @@ def test_calibrated_defaults_land_within_10_percent_on_the_regular_case(regular1
     assert abs(result.llc_mean / truth.rlct_regular(10) - 1) < 0.10
     assert abs(result.llc_mean - with_step) < 4 * result.llc_stderr  # the rest is Monte Carlo error
 
-    # Without the cap, the 0.9-acceptance step alone would bias λ̂ by more than 10 %: the search lands at
+    # Without the bias rules, the 0.92-acceptance step alone would bias λ̂ by more than 10 %: the search lands at
     # εκ̂ = 0.44 in d = 10 (measured; the module docstring's ≈ 0.5 is where acceptance crosses 0.9), 2.3x the
     # cap's 0.19; 1.5x leaves room for the search's resolution (REFINE_RATIO = 1.35) and pilot noise.
     free = _calibrate(regular10, est, max_step_bias=None)
@@ -303,10 +308,10 @@ def test_chosen_step_is_the_largest_accepted_and_every_larger_one_failed(regular
     assert cal.learning_rate == accepted["learning_rate"].max()
     larger = table[table["learning_rate"] > cal.learning_rate]
     assert len(larger) >= 1 and not larger["accepted"].any()
-    assert (larger["mala_acceptance"] < 0.9).all()
+    assert (larger["mala_acceptance"] < calibration_module.pilot_acceptance(0.9)).all()  # 0.92
     assert larger["learning_rate"].min() / cal.learning_rate <= calibration_module.REFINE_RATIO
-    row = table[table["learning_rate"] == cal.learning_rate].iloc[0]
-    assert row["mala_acceptance"] >= 0.9 and row["trend_p"] >= PILOT_TREND_P_VALUE and row["n_diverged"] == 0
+    row = table[table["learning_rate"] == cal.learning_rate].iloc[-1]
+    assert row["mala_acceptance"] >= 0.92 and row["trend_p"] >= PILOT_TREND_P_VALUE and row["n_diverged"] == 0
     assert "largest tested step" in cal.reason and "failed" in cal.reason
     # On the quadratic, acceptance 0.9 sits near εκ = 0.23 in d = 100 (module docstring). The chosen step is the
     # largest passing one, within REFINE_RATIO = 1.35 below a failing one, so εκ̂ ≈ [0.23/1.35, 0.23] = [0.17,
@@ -347,7 +352,7 @@ def test_stationarity_is_a_t_test_across_the_pilot_chains(regular10):
     assert "p = " in kind(6.5)[1]
     # 2 chains (1 degree of freedom) need |t| > 63.7; a single chain is not tested.
     assert kind(30.0, chains=2)[0] == "ok" and kind(70.0, chains=2)[0] == "trend"
-    assert kind(math.nan, chains=1) == ("ok", "acceptance 0.950 >= 0.9, trend not tested (one chain)")
+    assert kind(math.nan, chains=1) == ("ok", "acceptance 0.950 >= 0.92, trend not tested (one chain)")
     low = dataclasses.replace(result, mala_acceptance=0.85)
     assert judge(low, 0.9, confirm=False, need_positive=False)[0] == "acceptance"
     assert judge(low, 0.9, confirm=True, need_positive=False)[0] != "acceptance"
@@ -389,8 +394,11 @@ def test_no_refinement_towards_a_diverged_step(monkeypatch):
     cal = calibrate(case.model, case.loader(500), est, criterion_fn=case.criterion_fn)
     table = cal.table
     assert table["n_diverged"].iloc[0] > 0 and table["eps_kappa"].iloc[0] == pytest.approx(CAP_EPS_KAPPA)
-    assert cal.learning_rate == pytest.approx(table["learning_rate"].iloc[0] / calibration_module.JUMP)
-    assert "refine" not in set(table["stage"]) and "no refinement towards a diverged step" in cal.reason
+    # the next pilot is a jump below, and no later pilot goes back above it (the step bias at the curvature the
+    # chains met may fail it too; then the search refines towards that failure, never towards the diverged step)
+    assert table["learning_rate"].iloc[1] == pytest.approx(top / calibration_module.JUMP)
+    assert (table["learning_rate"].iloc[1:] <= top / calibration_module.JUMP * (1 + 1e-9)).all()
+    assert cal.learning_rate <= top / calibration_module.JUMP * (1 + 1e-9)
 
 
 @slow
@@ -418,11 +426,17 @@ def test_rmsprop_starts_at_lr_max_without_the_bias_cap(regular10, monkeypatch):
 
 @slow
 def test_tune_localization_picks_the_smallest_value_that_passes(regular100):
-    ladder = [1.0, 10.0, 100.0]
-    cal = _calibrate(regular100, _main_estimator(), tune_localization=True, localizations=ladder)
-    assert cal.localization == 1.0  # every γ keeps a quadratic in its basin
-    assert set(cal.table["localization"]) == {1.0}
-    assert "localization 1 is the smallest of [1, 10, 100]" in cal.reason and "λ̂ > 0" in cal.reason
+    # Every γ keeps a quadratic in its basin, and a step passes at each; the rule also asks the flat directions
+    # (curvature γ) to relax R = ε γ B / 2 >= 1.5 times in the main run's burn-in B = 600. The step bias rule
+    # keeps ε near 1e-4 here (κ_eff − γ = 2nβ = 290), so R ≈ 0.03 for γ = 1 and ≈ 3 for γ = 100.
+    ladder = [1.0, 100.0]
+    est = _main_estimator(burnin_steps=600, draws=300)  # budget: all of 8 x 900 chain-steps, for two searches
+    cal = _calibrate(regular100, est, tune_localization=True, localizations=ladder, budget_fraction=1.0)
+    assert cal.localization == 100.0, cal.reason
+    assert set(cal.table["localization"]) == {1.0, 100.0}
+    assert "localization 100 is the smallest of [1, 100]" in cal.reason and "λ̂ > 0" in cal.reason
+    assert "γ = 1: its step" in cal.reason  # skipped, with its R
+    assert cal.learning_rate * 100.0 * 600 / 2 >= 1.5
 
 
 @slow
@@ -475,13 +489,17 @@ def test_pilot_chain_steps_stay_within_the_budget(monkeypatch, fraction, tune, s
     cal = _calibrate(case, est, budget_fraction=fraction, tune_localization=tune, max_step_bias=bias)
     main_steps = 6 * (50 + 150 * 2)
     counts = [c["steps"] for c in calls]
+    budget = max(math.floor(fraction * main_steps), calibration_module.MIN_BUDGET_CHAIN_STEPS)
     assert sum(counts) == cal.pilot_chain_steps == int(cal.table["chain_steps"].sum())
-    assert cal.pilot_chain_steps <= fraction * main_steps
-    assert cal.budget_chain_steps == math.floor(fraction * main_steps)
+    assert cal.pilot_chain_steps <= budget == cal.budget_chain_steps
     assert counts == list(cal.pilot_chains * (cal.table["burnin_steps"] + cal.pilot_draws))
-    # a pilot at a small step burns in for 5/(εκ̂) steps, between the planned burn-in and the main run's
-    expected = (5 / cal.table["eps_kappa"]).apply(math.ceil).clip(cal.pilot_burnin_steps, 50)
-    assert list(cal.table["burnin_steps"]) == list(expected)
+    # a pilot at a small step burns in for 3/(εκ̂) steps, between the planned burn-in and the shorter of the main
+    # run's and two planned pilots' length; only the last pilot may be cut to what is left of the budget
+    longest = min(50, 2 * cal.pilot_burnin_steps + cal.pilot_draws)
+    expected = list((3 / cal.table["eps_kappa"]).apply(math.ceil).clip(cal.pilot_burnin_steps, longest))
+    burnins = list(cal.table["burnin_steps"])
+    assert burnins[:-1] == expected[:-1]
+    assert cal.pilot_burnin_steps <= burnins[-1] <= expected[-1]
 
 
 @slow
@@ -491,15 +509,31 @@ def test_budget_holds_when_the_search_fails(monkeypatch):
     calls = _record_pilots(monkeypatch)
     with pytest.raises(CalibrationError) as info:
         calibrate(case.model, case.loader(50), est, criterion_fn=case.criterion_fn)
-    # budget 0.3 x 4 x 160 = 192 shared by 6 planned pilots: 1 chain x (10 burn-in + 22 draws) each, all run
-    assert [c["steps"] for c in calls] == [32] * 6
-    assert int(info.value.table["chain_steps"].sum()) <= 192
+    # 0.3 x 4 x 160 = 192 is below the minimum budget of 384, shared by 4 planned pilots: 2 chains x (24 burn-in +
+    # 24 draws) each, every one diverging, the step falling 10x each time from LR_MAX (no curvature at w*: NaN)
+    assert [c["steps"] for c in calls] == [96] * 4
+    assert [c["learning_rate"] for c in calls] == pytest.approx([1e-1, 1e-2, 1e-3, 1e-4])
+    assert int(info.value.table["chain_steps"].sum()) <= 384
+    assert "every pilot diverged" in str(info.value)
 
 
-def test_budget_too_small_for_useful_pilots_raises():
+def test_a_main_run_too_short_for_useful_pilots_raises():
     case = truth.regular_case(5, n=N)
-    with pytest.raises(ValueError, match="raise budget_fraction"):
+    with pytest.raises(ValueError, match="make the main run longer"):
         _calibrate(case, LLCEstimator(draws=10, chains=1, burnin_steps=0))
+
+
+def test_a_short_main_run_gets_the_minimum_absolute_budget():
+    # 0.3 x 2 chains x 150 steps = 90 chain-steps would buy 4 pilots of 22 steps on 1 chain; the floor buys
+    # 4 pilots of 2 chains x 48 steps.
+    short = LLCConfig(draws=100, chains=2, burnin_steps=50)
+    assert calibration_module._budget(short, 0.3) == calibration_module.MIN_BUDGET_CHAIN_STEPS == 384
+    assert calibration_module._pilot_size(short, 384, calibration_module.PLANNED_PILOTS) == (2, 24, 24)
+    # a long run's budget is its fraction, and its pilots are at most MAX_PILOT_STEPS long
+    long = LLCConfig(draws=2000, chains=8, burnin_steps=500)
+    assert calibration_module._budget(long, 0.3) == math.floor(0.3 * 8 * 2500)
+    chains, burnin, draws = calibration_module._pilot_size(long, 6000, calibration_module.PLANNED_PILOTS)
+    assert (chains, burnin + draws) == (4, calibration_module.MAX_PILOT_STEPS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -644,6 +678,98 @@ def test_effective_curvature_is_exact_on_a_quadratic_and_drives_the_bias_rule():
     result = _run(config, case, 0)
     assert calibration_module.effective_curvature(result) == pytest.approx(2 * 100.0 + 3.0, rel=1e-4)
     judge = calibration_module._judge
-    # ε κ_eff = 1e-4 · 203 ≈ 0.02: over a cap of 0.01, under a cap of 0.05
+    # step bias ε (1.5 (κ_eff − γ) + γ/4) = 1e-4 (1.5 · 200 + 0.75) ≈ 0.030: over a cap of 0.01, under 0.05
     assert judge(result, 0.9, confirm=False, need_positive=False, bias_cap=0.01)[0] == "bias"
     assert judge(result, 0.9, confirm=False, need_positive=False, bias_cap=0.05)[0] != "bias"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The search: the rejection model, the bias at the curvature the chains met, short runs, singular potentials
+# ----------------------------------------------------------------------------------------------------
+
+
+def _verdict(lr: float, acceptance: float):
+    return calibration_module._Verdict(lr, False, "acceptance", "", acceptance=acceptance)
+
+
+@pytest.mark.parametrize("p", [0.3, 1.0, 2.0])
+def test_the_rejection_model_finds_the_aimed_step_of_a_power_law(p):
+    # 1 − a = c ε^p exactly: two pilots on either side of the aim fit p and land on the aim's step exactly
+    c, target = 0.5 / 1e-3**p, 0.9
+    aim = calibration_module.AIM * (1 - target)
+    exact = (aim / c) ** (1 / p)
+    history = [_verdict(lr, 1 - c * lr**p) for lr in (exact * 2, exact / 3)]
+    assert calibration_module._acceptance_step(history, target) == pytest.approx(exact, rel=1e-9)
+    # one pilot: p = 1 is assumed, so the step is off by (aim / r)^(1/p − 1)
+    one = calibration_module._acceptance_step(history[:1], target)
+    assert one == pytest.approx(exact * 2 * (aim / (c * (exact * 2) ** p)), rel=1e-9)
+
+
+def test_the_next_step_after_a_failed_pilot_descends_within_a_jump():
+    for acceptance in (0.0001, 0.5, 0.91):
+        nxt = calibration_module._next_step(1e-3, _verdict(1e-3, acceptance), 0.9)
+        assert 1e-4 <= nxt <= 1e-3 / 1.5
+    diverged = calibration_module._Verdict(1e-3, False, "diverged", "")
+    assert calibration_module._next_step(1e-3, diverged, 0.9) == pytest.approx(1e-4)
+
+
+def test_step_bias_weighs_the_loss_curvature_as_singular_and_gamma_as_quadratic():
+    b = calibration_module.step_bias
+    assert b(1e-3, 10.0, 10.0) == pytest.approx(
+        1e-3 * 10.0 / 4
+    )  # only localization: εγ/4, exact on a quadratic
+    assert b(1e-3, 30.0, 10.0) == pytest.approx(1e-3 * (1.5 * 20.0 + 10.0 / 4))
+    assert math.isnan(b(1e-3, math.nan, 10.0))
+
+
+@slow
+def test_calibrated_normal_crossing_lands_within_10_percent_of_its_exact_reference(one_thread):
+    # K = w1² w2², γ = 10, nβ = n / log n (n = 1000): the curvature vanishes at w*. Measured: before the step bias
+    # was judged at the singular slope, calibration chose ε = 1.9e-3 and λ̂ came 22 % above the exact posterior
+    # mean (0.358 ± 0.013 against 0.293); now 5–6 % above. Tolerance: 10 % (the issue's target) plus 2 standard
+    # errors of λ̂ (the run's own Monte Carlo error, so a correct calibration fails it about 2 % of the time at
+    # most, never because of the seed alone).
+    case = dataclasses.replace(truth.monomial_case([1, 1]), name="normal_crossing_k1_1")
+    nbeta = 1000 / math.log(1000)
+    config = LLCConfig(
+        draws=2000, chains=8, burnin_steps=500, learning_rate="auto", localization=10.0, nbeta=nbeta
+    )
+    problem = prepare(
+        case.model, case.loader(500, shuffle=True, seed=0), config, criterion_fn=case.criterion_fn
+    )
+    cal = calibration_module.calibrate_problem(problem, config, seed=0)
+    result = run_chains(problem, calibrated_estimator(config, cal), seed=0, show_progress=False, warn=False)
+    reference, _ = case.reference(nbeta, 10.0, cal.learning_rate)
+    assert abs(result.llc_mean - reference) <= 0.1 * reference + 2 * result.llc_stderr, (
+        result.llc_mean,
+        reference,
+        cal.learning_rate,
+    )
+    assert result.mala_acceptance >= 0.9
+
+
+@slow
+def test_a_short_run_on_a_minibatched_mlp_gets_a_step_within_30_percent_of_its_cost(one_thread):
+    # 4 chains × (200 + 200) steps, the README's run size: with six planned pilots a single pilot at a small step
+    # spent the budget of 480 chain-steps and no step came back (measured on the MLP and GPT-2 of the issue).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 5, generator=g)
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        y = teacher(x).argmax(-1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    config = LLCConfig(draws=200, chains=4, burnin_steps=200, learning_rate="auto", localization=100.0)
+    problem = prepare(
+        model, DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True), config, compile=False
+    )
+    cal = calibration_module.calibrate_problem(problem, config, seed=0)
+    assert cal.pilot_chain_steps <= 0.3 * 4 * 400 == cal.budget_chain_steps
+    result = run_chains(problem, calibrated_estimator(config, cal), seed=0, show_progress=False, warn=False)
+    # the pilots pass at 0.92 so that the main run, burnt in longer, stays at the trust policy's 0.9
+    assert result.mala_acceptance >= trust_module.MIN_ACCEPTANCE, cal

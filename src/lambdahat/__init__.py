@@ -2,9 +2,10 @@
 
 The public surface is re-exported here; everything else lives in modules with one job each:
 ``config`` (LLCConfig, every sampling setting), ``problem`` (prepare once: model copies, data, L0),
-``estimator`` (sample, and LLCEstimator, the canonical-interp facade), ``samplers`` (SGLD, RMSProp-SGLD, SGNHT), ``chains`` (the vmapped runner),
+``estimator`` (sample, and LLCEstimator, the canonical-interp facade), ``samplers`` (SGLD, RMSProp-SGLD, SGNHT),
+``chains`` (the vmapped runner), ``rng`` (counter-based per-chain noise), ``memory`` (``chain_batch="auto"``),
 ``result`` / ``diagnostics`` (LLCResult, R-hat, ESS, MALA acceptance, divergence), ``calibration`` (automatic step
-size), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``influence`` / ``susceptibility`` (BIF, loss
+size), ``guidance`` (warnings on γ and nβ, with their numbers), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``influence`` / ``susceptibility`` (BIF, loss
 kernel and susceptibilities from per-sample losses at the draws), ``plotting``, ``truth`` (closed-form
 learning coefficients and their models), ``validation`` and ``modadd`` (the modular-addition toolkit).
 """

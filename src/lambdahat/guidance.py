@@ -1,0 +1,184 @@
+"""Guidance on the localization γ and on nβ: warnings, with the measured numbers, when they look wrong.
+
+The trust policy (:mod:`lambdahat.trust`) says whether the chains sampled *their* posterior well; this module says
+whether that posterior is the one λ̂ should come from. Three checks, each a plain function of numbers a run or a
+calibration already has:
+
+* **γ too small: the flat directions do not settle.** (A caution: a regular model has no flat direction, and
+  nothing here can tell it has none before the run; the run's distance and temperature checks then tell.)
+  Along a direction where the loss is flat the localized
+  potential has curvature ``γ + wd`` (weight decay ``wd``), and SGLD relaxes there at the rate ``ε(γ + wd)/2`` per
+  step, from ``w*`` outwards. After ``B`` burn-in steps the chains have done ``R = ε (γ + wd) B / 2`` relaxation
+  times; the mean squared distance along the direction is ``1 − e^{−2R}`` of its stationary value, so with
+  ``R < MIN_RELAXATIONS`` (1.5) it is still more than 5 % short at the first draw, the distance ``||w − w*||``
+  still grows through the draws and λ̂ is still rising (measured on a CNN classifier, γ = 100, ε = 8e-5, 200 burn-in
+  steps, R = 0.8: configurational temperature 0.89). This is what made ``tune_localization`` pick γ = 10 on an MLP
+  and double λ̂.
+* **γ too large: λ̂ biased low.** On a quadratic direction of loss curvature ``h`` the localization shrinks that
+  direction's share of λ̂ from 1/2 to ``(1/2) nβh / (nβh + γ)``: by the fraction ``γ / (nβh + γ)``. With ``h`` the
+  largest Hessian eigenvalue at ``w*`` (the calibration's probe), every direction loses at least
+  ``γ / (nβ h_max + γ)``; above :data:`MAX_LOCALIZATION_SHARE` (10 %) the warning gives that bound. It is a bound
+  on quadratic directions only (where the loss is flatter than quadratic it is a guide), and nothing is said when
+  the probe measured no curvature at ``w*``.
+* **nβ off the data size.** The standard choice is ``nβ = n / log n`` (β = 1 / log n, REFERENCE.md §1); λ̂ scales
+  with the loss through nβ, so an nβ more than :data:`NBETA_RATIO` (3) times off ``n / log n`` (e.g. devinterp's
+  ``batch_size / log batch_size``) is flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = [
+    "MAX_LOCALIZATION_SHARE",
+    "MIN_RELAXATIONS",
+    "NBETA_RATIO",
+    "advise",
+    "localization_advice",
+    "nbeta_advice",
+    "relaxation_advice",
+    "relaxations",
+]
+
+#: Least number of relaxation times of the flattest direction (curvature ``γ + wd``) within the burn-in:
+#: ``1 − e^{−2 · 1.5} = 95 %`` of the stationary spread at the first draw.
+MIN_RELAXATIONS = 1.5
+#: Largest tolerated lower bound ``γ / (nβ h_max + γ)`` of the fraction of λ̂ that localization removes.
+MAX_LOCALIZATION_SHARE = 0.1
+#: nβ is flagged when it is more than this factor away from ``n / log n``.
+NBETA_RATIO = 3.0
+
+
+def relaxations(
+    learning_rate: float, localization: float, burnin_steps: int, weight_decay: float = 0.0
+) -> float:
+    """Relaxation times of the flattest direction during burn-in, ``R = ε (γ + wd) B / 2``.
+
+    Examples
+    --------
+    >>> relaxations(1e-4, 100.0, 200)
+    1.0
+    """
+    return learning_rate * (localization + weight_decay) * burnin_steps / 2
+
+
+def relaxation_advice(
+    learning_rate: float, localization: float, burnin_steps: int, weight_decay: float = 0.0
+) -> str | None:
+    """A warning when the flat directions relax fewer than :data:`MIN_RELAXATIONS` times during burn-in, else None.
+
+    It gives the burn-in and the localization that would reach ``MIN_RELAXATIONS`` at this step.
+
+    Examples
+    --------
+    >>> print(relaxation_advice(1e-4, 100.0, 200))  # doctest: +ELLIPSIS
+    γ = 100 is weak for this step and burn-in: the flat directions relax R = ε(γ + wd)B/2 = 1 times ... raise burnin_steps to 300 or localization to 150 ...
+    >>> relaxation_advice(1e-3, 100.0, 200) is None
+    True
+    """
+    r = relaxations(learning_rate, localization, burnin_steps, weight_decay)
+    if not (learning_rate > 0) or r >= MIN_RELAXATIONS:
+        return None
+    burnin = (
+        math.ceil(2 * MIN_RELAXATIONS / (learning_rate * (localization + weight_decay)))
+        if r > 0
+        else math.inf
+    )
+    gamma = 2 * MIN_RELAXATIONS / (learning_rate * burnin_steps) - weight_decay if burnin_steps else math.inf
+    return (
+        f"γ = {localization:.3g} is weak for this step and burn-in: the flat directions relax R = ε(γ + wd)B/2 = "
+        f"{r:.2g} times during the {burnin_steps} burn-in steps (ε = {learning_rate:.3g}; less than "
+        f"{MIN_RELAXATIONS:g}, so where the loss is flat, as it is along some directions of every singular model, "
+        "the chains still spread through the draws and λ̂ is still rising); "
+        f"raise burnin_steps to {burnin} or localization to {gamma:.3g} (which lowers λ̂ where γ is comparable to "
+        "nβ × the curvature)."
+    )
+
+
+def localization_advice(localization: float, nbeta: float, hessian_top: float) -> str | None:
+    """A warning when localization removes at least :data:`MAX_LOCALIZATION_SHARE` of every direction's share of
+    λ̂: ``γ / (nβ h_max + γ)`` with ``h_max`` the largest Hessian eigenvalue of the loss at ``w*``; else None.
+
+    Examples
+    --------
+    >>> print(localization_advice(100.0, 50.0, 0.5))  # doctest: +ELLIPSIS
+    γ = 100 is large against nβ × the largest curvature at w* (50 × 0.5 = 25): ... at least 80 %...
+    >>> localization_advice(1.0, 50.0, 0.5) is None
+    True
+    """
+    scale = nbeta * hessian_top
+    if not (math.isfinite(scale) and scale > 0 and localization > 0):
+        return None  # no curvature measured at w*: nothing to bound
+    share = localization / (scale + localization)
+    if share <= MAX_LOCALIZATION_SHARE:
+        return None
+    return (
+        f"γ = {localization:.3g} is large against nβ × the largest curvature at w* ({nbeta:.3g} × {hessian_top:.3g} "
+        f"= {scale:.3g}): on a quadratic, localization shrinks every direction's share of λ̂ by γ/(nβh + γ), here by "
+        f"at least {100 * share:.0f} %, so λ̂ is biased low (where the loss is flatter than quadratic, a singular "
+        "w*, this is a guide, not a bound); lower localization (and check the chains still settle: burn-in "
+        "relaxations of the flat directions)."
+    )
+
+
+def nbeta_advice(nbeta: float, n: int | None) -> str | None:
+    """A warning when nβ is more than :data:`NBETA_RATIO` times off ``n / log n``; None when it is not or ``n`` is
+    unknown.
+
+    Examples
+    --------
+    >>> print(nbeta_advice(64 / math.log(64), 10_000))  # doctest: +ELLIPSIS
+    nβ = 15.4 is 71x below n / log n = 1.09e+03 for n = 10000 ...
+    >>> nbeta_advice(1000 / math.log(1000), 1000) is None
+    True
+    """
+    if n is None or not n > 1 or not (nbeta > 0):
+        return None
+    standard = n / math.log(n)
+    ratio = nbeta / standard
+    if 1 / NBETA_RATIO <= ratio <= NBETA_RATIO:
+        return None
+    side = f"{ratio:.2g}x above" if ratio > 1 else f"{1 / ratio:.2g}x below"
+    return (
+        f"nβ = {nbeta:.3g} is {side} n / log n = {standard:.3g} for n = {n} (β = 1/log n); λ̂ scales with the loss "
+        "through nβ, so estimates at other nβ are not comparable. Pass nbeta=None (n / log n of the data set) or "
+        "nbeta=nbeta_from_effective_size(n) unless the temperature is deliberate (e.g. a token count)."
+    )
+
+
+def advise(result: Any, *, n: int | None = None, hessian_top: float | None = None) -> list[str]:
+    """The guidance warnings for a finished run (an :class:`~lambdahat.LLCResult`).
+
+    Parameters
+    ----------
+    result:
+        The run: its ``learning_rate``, ``localization``, ``nbeta`` and ``settings`` (``burnin_steps``,
+        ``weight_decay``, ``sampler``; a calibrated run's ``settings["calibration"]["curvature"]`` gives
+        ``h_max = (κ̂ − γ − wd) / nβ``).
+    n:
+        The data set size, for the nβ check (skipped when None).
+    hessian_top:
+        The largest Hessian eigenvalue of the loss at ``w*`` (overrides the calibration's).
+
+    Returns
+    -------
+    list of str
+        One sentence per check that failed, each with its numbers and what to change; empty when none did. The
+        relaxation check is made for SGLD and SGNHT (RMSProp-SGLD rescales the step per coordinate).
+    """
+    settings = dict(getattr(result, "settings", {}) or {})
+    gamma, nbeta = float(result.localization), float(result.nbeta)
+    wd = float(settings.get("weight_decay", 0.0) or 0.0)
+    out = []
+    lr = float(result.learning_rate)
+    if settings.get("sampler", "sgld") != "rmsprop_sgld":
+        out.append(relaxation_advice(lr, gamma, int(settings.get("burnin_steps", 0)), wd))
+    if hessian_top is None:
+        curvature = (settings.get("calibration") or {}).get("curvature")
+        if curvature is not None and nbeta > 0:
+            hessian_top = (float(curvature) - gamma - wd) / nbeta
+    if hessian_top is not None:
+        out.append(localization_advice(gamma, nbeta, hessian_top))
+    out.append(nbeta_advice(nbeta, n))
+    return [text for text in out if text]
