@@ -13,8 +13,12 @@ import lambdahat.chains as chains
 from lambdahat import LLCEstimator
 
 
-def test_chunking_is_for_small_models_only():
+def test_chunking_is_for_small_models_and_long_planned_work():
     assert chains.chunk_steps_for(1000) == chains.CHUNK_STEPS > 1
+    assert chains.chunk_steps_for(1000, planned_steps=chains.CHUNK_MIN_STEPS) == chains.CHUNK_STEPS
+    assert (
+        chains.chunk_steps_for(1000, planned_steps=chains.CHUNK_MIN_STEPS - 1) == 1
+    )  # compiling it won't pay
     assert chains.chunk_steps_for(chains.CHUNK_MAX_DIM + 1) == 1
 
 
@@ -23,6 +27,7 @@ def test_compiled_chunks_equal_eager_steps(monkeypatch):
     """Chunks of 3 on passes of batches [32, 32, 32, 4]: whole chunks, the short batch of each pass in a single
     step, and a last chunk trimmed to the 17 steps of the run."""
     monkeypatch.setattr(chains, "CHUNK_STEPS", 3)
+    monkeypatch.setattr(chains, "CHUNK_MIN_STEPS", 0)
     samples = 100
     g = torch.Generator().manual_seed(0)
     x = torch.randn(samples, 4, generator=g)

@@ -54,14 +54,20 @@ COMPILE_SECONDS_GUESS = 20.0
 AUTO_COMPILE_FACTOR = 3.0
 #: Compiled runs take this many steps per call (:func:`make_chunk`) ...
 CHUNK_STEPS = 8
-#: ... when they sample at most this many scalars (larger models spend their time in arithmetic, not overhead,
-#: and a chunk multiplies the compile time).
+#: ... when they sample at most this many scalars (larger models spend their time in arithmetic, not overhead) ...
 CHUNK_MAX_DIM = 1 << 16
+#: ... and the planned work holds at least this many steps: a chunk compiles several times longer than one step
+#: (105–127 s against 10–40 s on a 2-core CPU with a cold inductor cache, benchmarks/RESULTS.md) and saves about a
+#: millisecond per step on the small models, so it pays only over long sweeps.
+CHUNK_MIN_STEPS = 100_000
 
 
-def chunk_steps_for(dim: int) -> int:
-    """Steps per compiled call for a model of ``dim`` sampled scalars."""
-    return CHUNK_STEPS if dim <= CHUNK_MAX_DIM else 1
+def chunk_steps_for(dim: int, planned_steps: int | None = None) -> int:
+    """Steps per compiled call for a model of ``dim`` sampled scalars and ``planned_steps`` steps of planned work
+    (``None``: as many as pays, i.e. chunks for a small model)."""
+    if dim > CHUNK_MAX_DIM or (planned_steps is not None and planned_steps < CHUNK_MIN_STEPS):
+        return 1
+    return CHUNK_STEPS
 
 
 def make_step(

@@ -182,12 +182,16 @@ class Problem:
                 "config, or keep these settings."
             )
 
-    def step_function(self, slot: int, config: LLCConfig, use_compile: bool) -> StepFunction:
+    def step_function(
+        self, slot: int, config: LLCConfig, use_compile: bool, planned_steps: int | None = None
+    ) -> StepFunction:
         """The step of one slot for this config's sampler (built once per problem, compiled ones cached per model
-        object for the life of the process)."""
+        object for the life of the process); compiled, it takes chunks of steps when the planned work is long
+        enough (:func:`lambdahat.chains.chunk_steps_for`)."""
         sampler = config.build_sampler()
         signature = self._signature(slot, config)
-        key = (signature, use_compile)
+        chunk = chunk_steps_for(self.layout.dim, planned_steps) if use_compile else 1
+        key = (signature, use_compile, chunk)
         if key not in self._steps:
             self._steps[key] = StepFunction(
                 self.slots[slot],
@@ -197,7 +201,7 @@ class Problem:
                 signature=signature,
                 observe=self.observables is not None,
                 micro_batches=config.grad_accum_steps,
-                chunk_steps=chunk_steps_for(self.layout.dim) if use_compile else 1,
+                chunk_steps=chunk,
             )
         return self._steps[key]
 
@@ -507,11 +511,13 @@ def run_chains(
     else:
         use_compile = bool(problem.compile)
 
+    planned_steps = config.total_steps * config.grad_accum_steps * config.chains * max(1, planned_runs or 1)
+    planned_steps //= max(1, len(plan[0][0]))  # chain-batch calls: chains run together
     ledgers = (PassLedger(), PassLedger())  # the loader's and the observables' passes, for this run
     jobs = [
         SlotJob(
             fm=fm,
-            step_fn=problem.step_function(slot, config, use_compile),
+            step_fn=problem.step_function(slot, config, use_compile, planned_steps),
             feed=problem.feed(slot, seed, ledger=ledgers[0]),
             observables=None
             if problem.observables is None
