@@ -268,3 +268,21 @@ def test_move_to_nested_and_float_dtype():
     assert out["b"] == "text" and out["c"] == 1.5
     same = move_to(torch.zeros(2, dtype=torch.float16), CPU)
     assert same.dtype == torch.float16
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 10, 103, 200])
+def test_batch_indices_of_a_pass_equal_the_batch_samplers(shuffle, drop_last, batch_size):
+    """The fast path cuts one drawn index list into batches: the same batches as torch's BatchSampler yields."""
+    from lambdahat.data import _batch_indices
+
+    loader = DataLoader(
+        TensorDataset(torch.arange(103)), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last
+    )
+    torch.manual_seed(5)
+    expected = [torch.as_tensor(b) for b in loader.batch_sampler]
+    torch.manual_seed(5)
+    got = _batch_indices(loader.batch_sampler)
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 __all__ = ["DataFeed", "PassLedger", "dataset_size", "default_unpack", "move_to"]
@@ -105,6 +105,20 @@ def _fast_tensor_batches(loader: DataLoader) -> bool:
         and loader.collate_fn is default_collate
         and loader.batch_sampler is not None
     )
+
+
+def _batch_indices(batch_sampler: Any) -> list[torch.Tensor]:
+    """The index tensors of one pass of ``batch_sampler``. For torch's own ``BatchSampler`` the pass's indices are
+    drawn from its sampler in one list and cut into consecutive batches of ``batch_size`` (the last one dropped
+    with ``drop_last`` when it is short), which is what ``BatchSampler`` yields, without a Python list per batch."""
+    if type(batch_sampler) is BatchSampler:
+        order = torch.as_tensor(list(batch_sampler.sampler), dtype=torch.int64)
+        size = batch_sampler.batch_size
+        batches = list(torch.split(order, size))
+        if batches and batch_sampler.drop_last and len(batches[-1]) < size:
+            batches.pop()
+        return batches
+    return [torch.as_tensor(idx) for idx in batch_sampler]
 
 
 def _owned_generators(loader: Any) -> list[torch.Generator]:
@@ -265,7 +279,7 @@ class DataFeed:
         with _seeded(self.loader, _pass_seed(self.seed, pass_index)):
             if self.fast:
                 tensors = self.loader.dataset.tensors
-                index_lists = [torch.as_tensor(idx) for idx in self.loader.batch_sampler]
+                index_lists = _batch_indices(self.loader.batch_sampler)
             else:
                 source = iter(self.loader)
                 first = next(source, _END)  # worker base seed, shuffle and first batch are drawn now
