@@ -15,6 +15,7 @@ from torch.utils.data import (
     Dataset,
     IterableDataset,
     RandomSampler,
+    SequentialSampler,
     SubsetRandomSampler,
     TensorDataset,
 )
@@ -273,15 +274,28 @@ def test_move_to_nested_and_float_dtype():
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("drop_last", [True, False])
 @pytest.mark.parametrize("batch_size", [1, 10, 103, 200])
-def test_batch_indices_of_a_pass_equal_the_batch_samplers(shuffle, drop_last, batch_size):
-    """The fast path cuts one drawn index list into batches: the same batches as torch's BatchSampler yields."""
+@pytest.mark.parametrize("own_generator", [True, False])
+@pytest.mark.parametrize("num_samples", [None, 250, 40])
+def test_batch_indices_of_a_pass_equal_the_batch_samplers(
+    shuffle, drop_last, batch_size, own_generator, num_samples
+):
+    """The fast path draws a pass's order as the sampler draws it and cuts it into batches: the same batches as
+    torch's BatchSampler yields (the samplers' generator calls are replicated; this pins them to torch's)."""
     from lambdahat.data import _batch_indices
 
-    loader = DataLoader(
-        TensorDataset(torch.arange(103)), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last
+    data = TensorDataset(torch.arange(103))
+    generator = torch.Generator().manual_seed(9) if own_generator else None
+    sampler = (
+        RandomSampler(data, num_samples=num_samples, generator=generator)
+        if shuffle
+        else SequentialSampler(data)
     )
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    state = generator.get_state() if generator is not None else None
     torch.manual_seed(5)
     expected = [torch.as_tensor(b) for b in loader.batch_sampler]
+    if generator is not None:
+        generator.set_state(state)
     torch.manual_seed(5)
     got = _batch_indices(loader.batch_sampler)
     assert len(got) == len(expected)

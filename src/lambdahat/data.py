@@ -37,7 +37,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 from torch.utils.data._utils.collate import default_collate
 
 __all__ = ["DataFeed", "PassLedger", "dataset_size", "default_unpack", "move_to"]
@@ -107,12 +114,31 @@ def _fast_tensor_batches(loader: DataLoader) -> bool:
     )
 
 
+def _sampler_order(sampler: Any) -> torch.Tensor:
+    """One pass of ``sampler``'s indices as a tensor. torch's ``SequentialSampler`` and ``RandomSampler`` without
+    replacement are drawn as they draw (the same generator calls: ``randperm`` under the sampler's generator, or
+    one seeded from the global generator), without a Python int per index; any other sampler is listed."""
+    if type(sampler) is SequentialSampler:
+        return torch.arange(len(sampler.data_source))
+    if type(sampler) is RandomSampler and not sampler.replacement:
+        n, total = len(sampler.data_source), sampler.num_samples
+        generator = sampler.generator
+        if generator is None:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            generator = torch.Generator()
+            generator.manual_seed(seed)
+        parts = [torch.randperm(n, generator=generator) for _ in range(total // n)]
+        parts.append(torch.randperm(n, generator=generator)[: total % n])
+        return torch.cat(parts)
+    return torch.as_tensor(list(sampler), dtype=torch.int64)
+
+
 def _batch_indices(batch_sampler: Any) -> list[torch.Tensor]:
     """The index tensors of one pass of ``batch_sampler``. For torch's own ``BatchSampler`` the pass's indices are
     drawn from its sampler in one list and cut into consecutive batches of ``batch_size`` (the last one dropped
     with ``drop_last`` when it is short), which is what ``BatchSampler`` yields, without a Python list per batch."""
     if type(batch_sampler) is BatchSampler:
-        order = torch.as_tensor(list(batch_sampler.sampler), dtype=torch.int64)
+        order = _sampler_order(batch_sampler.sampler)
         size = batch_sampler.batch_size
         batches = list(torch.split(order, size))
         if batches and batch_sampler.drop_last and len(batches[-1]) < size:
