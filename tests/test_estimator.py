@@ -232,15 +232,35 @@ def test_auto_compile_decides_from_the_planned_work():
     assert not compile_pays(nn.Linear(2, 1), "sig", run)  # another model object starts afresh
 
 
+def test_a_kind_compiled_before_on_this_machine_is_expected_to_compile_fast(tmp_path, monkeypatch):
+    """Compiles are recorded beside inductor's cache; a recorded kind lowers the compile guess to the warm one."""
+    import lambdahat.chains as chains
+
+    monkeypatch.setattr(chains, "_record_file", lambda: str(tmp_path / "compiles.json"))
+    assert chains.compiled_before("kind-a") is None
+    run = (
+        chains.AUTO_COMPILE_FACTOR * chains.WARM_COMPILE_SECONDS_GUESS * 1.5
+    )  # pays only if the compile is warm
+    assert run < chains.AUTO_COMPILE_FACTOR * chains.COMPILE_SECONDS_GUESS
+    assert not chains.compile_pays(nn.Linear(2, 1), "sig", run, kind="kind-a")
+    chains.record_compile("kind-a", 42.0)
+    assert chains.compiled_before("kind-a") == 42.0
+    assert chains.compile_pays(nn.Linear(2, 1), "sig", run, kind="kind-a")
+    (tmp_path / "compiles.json").write_text("not json")  # a damaged record is no record, and is rewritten
+    assert chains.compiled_before("kind-a") is None
+    chains.record_compile("kind-b", 1.0)
+    assert chains.compiled_before("kind-b") == 1.0
+
+
 def test_sweeps_tell_auto_compile_their_planned_points(tiny_model, loader, monkeypatch):
     import lambdahat.chains as chains
 
     seen = []
     real = chains.compile_pays
 
-    def spy(model_key, signature, predicted_seconds, planned_runs=None):
+    def spy(model_key, signature, predicted_seconds, planned_runs=None, kind=None):
         seen.append(planned_runs)
-        return real(model_key, signature, predicted_seconds, planned_runs)
+        return real(model_key, signature, predicted_seconds, planned_runs, kind)
 
     monkeypatch.setattr("lambdahat.problem.compile_pays", spy)
     fixed = {k: v for k, v in FAST.items() if k not in ("learning_rate", "localization")}
@@ -270,6 +290,17 @@ def test_failed_compile_falls_back_to_eager_with_one_warning(tiny_model, loader,
     assert est.get_metrics()["compiled"] is False
 
 
+def _compile_kinds(model, est):
+    from lambdahat.chains import compile_kind
+    from lambdahat.functional import FunctionalModel, select_parameters
+
+    fm = FunctionalModel(
+        model, F.cross_entropy, torch.device("cpu"), torch.float32, select_parameters(model, None)
+    )
+    sampler = est.config.build_sampler()
+    return [compile_kind(fm, sampler, k) for k in (1, 8)]
+
+
 @pytest.mark.slow
 def test_compiled_run_matches_eager_and_is_reused(classification_data):
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
@@ -280,6 +311,10 @@ def test_compiled_run_matches_eager_and_is_reused(classification_data):
     assert est.get_metrics()["compiled"] is True
     assert est.get_metrics()["compile_seconds"] > 0
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+    # the compile is recorded beside inductor's cache, for the compile="auto" decisions of later processes
+    from lambdahat.chains import compiled_before
+
+    assert any(compiled_before(kind) is not None for kind in _compile_kinds(model, est))
     # a second call on the same model reuses the compiled step, also under "auto"
     est.estimate_llc(model, loader, seed=1, compile="auto", show_progress=False)
     assert est.get_metrics()["compiled"] is True

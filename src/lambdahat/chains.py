@@ -17,6 +17,8 @@ copied to the host once, at the end.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import threading
 import time
 import warnings
@@ -224,6 +226,7 @@ class StepFunction:
         micro_batches: int = 1,
         chunk_steps: int = 1,
     ):
+        self.kind = compile_kind(fm, sampler, chunk_steps)
         self.eager = make_step(fm, sampler, observe, micro_batches)
         self.micro_batches = micro_batches
         self.compiled_fn = None
@@ -259,18 +262,22 @@ class StepFunction:
         run (its compile failed: the caller then takes the steps one by one, which warns and falls back)."""
         if self.chunk_fn is None or self.compiled_fn is None:
             return None
-        with _COMPILE_LOCK if self._chunk_first else contextlib.nullcontext():
+        first = self._chunk_first
+        with _COMPILE_LOCK if first else contextlib.nullcontext():
             start = time.perf_counter()
             try:
-                return self.chunk_fn(state, frozen, buffers, xs, ys, noise.in_graph(), hyper, ctx)
+                out = self.chunk_fn(state, frozen, buffers, xs, ys, noise.in_graph(), hyper, ctx)
             except Exception:  # the single step reports a compiler failure; take the steps one by one
                 self.chunk_fn = None
                 self._cache.pop((self._signature, "chunk", self.chunk_steps), None)
                 return None
             finally:
-                if self._chunk_first:
+                if first:
                     self.compile_seconds += time.perf_counter() - start
                     self._chunk_first = False
+        if first:
+            record_compile(self.kind, self.compile_seconds)
+        return out
 
     def eager_step(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
         """One eager step (the same numbers as a compiled one, up to rounding)."""
@@ -299,6 +306,7 @@ class StepFunction:
             finally:
                 self.compile_seconds += time.perf_counter() - start
                 self.first_call = False
+        record_compile(self.kind, self.compile_seconds)
         return out
 
 
@@ -526,17 +534,86 @@ def compiled_step_available(model_key, signature) -> bool:
 _EAGER_SECONDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compile_pays(model_key, signature, predicted_seconds: float, planned_runs: int | None = None) -> bool:
+#: What a compile is assumed to cost when a step of the same kind was compiled before on this machine, so that
+#: inductor's on-disk caches hold most of it (measured 3–26 s against 40–127 s cold on a 2-core CPU).
+WARM_COMPILE_SECONDS_GUESS = 5.0
+_RECORD_NAME = "lambdahat_compiles.json"
+_RECORD_LOCK = threading.Lock()
+
+
+def _record_file() -> str | None:
+    """The file of compiled step kinds, inside inductor's cache directory (wiped with it), or ``None``."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        return os.path.join(cache_dir(), _RECORD_NAME)
+    except Exception:  # no inductor, or another layout of it: no record
+        return None
+
+
+def compile_kind(fm: FunctionalModel, sampler: Sampler, chunk_steps: int) -> str:
+    """What makes a compiled step reusable from inductor's caches by another process: the model's class and
+    sampled scalars, the sampler, the precision, the chunk and torch's version."""
+    model = type(fm.module)
+    return "|".join(
+        (f"{model.__module__}.{model.__qualname__}", str(fm.layout.dim), sampler.name, str(fm.param_dtype),
+         str(fm.autocast_dtype), str(chunk_steps), torch.__version__)
+    )  # fmt: skip
+
+
+def compiled_before(kind: str) -> float | None:
+    """Seconds of the last recorded compile of a step of this kind on this machine, or ``None``."""
+    path = _record_file()
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            value = json.load(f).get(kind)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def record_compile(kind: str, seconds: float) -> None:
+    """Note that a step of this kind was compiled (best effort: a failure to write is ignored)."""
+    path = _record_file()
+    if path is None:
+        return
+    with _RECORD_LOCK:
+        try:
+            try:
+                with open(path) as f:
+                    record = json.load(f)
+            except (OSError, ValueError):
+                record = {}
+            if not isinstance(record, dict):
+                record = {}
+            record[kind] = round(float(seconds), 3)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(record, f)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+
+def compile_pays(
+    model_key, signature, predicted_seconds: float, planned_runs: int | None = None, kind: str | None = None
+) -> bool:
     """The ``compile="auto"`` decision for a run predicted to take ``predicted_seconds`` eagerly.
 
     Compiling pays when the eager time of the planned work exceeds :data:`AUTO_COMPILE_FACTOR` times the
-    compile cost (:data:`COMPILE_SECONDS_GUESS`). The planned work is the larger of ``planned_runs`` runs like
-    this one (a sweep knows its number of points) and the runs made on this model object and signature in this
-    process so far, this one included (a notebook calling again and again on one model): the third call of a
-    25-second run compiles, as does the first point of a 40-point sweep of 2-second runs.
+    compile cost: :data:`COMPILE_SECONDS_GUESS`, or :data:`WARM_COMPILE_SECONDS_GUESS` when a step of this
+    ``kind`` (:func:`compile_kind`) was compiled on this machine before and inductor's caches still hold it. The
+    planned work is the larger of ``planned_runs`` runs like this one (a sweep knows its number of points) and the
+    runs made on this model object and signature in this process so far, this one included (a notebook calling
+    again and again on one model): the third call of a 25-second run compiles, as does the first point of a
+    40-point sweep of 2-second runs.
     """
     with _COMPILE_LOCK:
         made = _EAGER_SECONDS.setdefault(model_key, {})
         made[signature] = made.get(signature, 0.0) + predicted_seconds
         planned = max(made[signature], predicted_seconds * max(1, planned_runs or 1))
-    return planned > AUTO_COMPILE_FACTOR * COMPILE_SECONDS_GUESS
+    warm = kind is not None and compiled_before(kind) is not None
+    return planned > AUTO_COMPILE_FACTOR * (WARM_COMPILE_SECONDS_GUESS if warm else COMPILE_SECONDS_GUESS)

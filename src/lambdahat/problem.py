@@ -36,6 +36,7 @@ from .chains import (
     EvaluationSet,
     StepFunction,
     chunk_steps_for,
+    compile_kind,
     compile_pays,
     compiled_step_available,
     predicted_eager_seconds,
@@ -228,9 +229,13 @@ class Problem:
         """Whether a compiled step for this model and config is already in memory."""
         return compiled_step_available(self.model, self._signature(0, config))
 
-    def compile_pays(self, config: LLCConfig, predicted_seconds: float, planned_runs: int | None) -> bool:
+    def compile_pays(
+        self, config: LLCConfig, predicted_seconds: float, planned_runs: int | None, planned_steps: int
+    ) -> bool:
         """The ``compile="auto"`` decision (see :func:`lambdahat.chains.compile_pays`)."""
-        return compile_pays(self.model, self._signature(0, config), predicted_seconds, planned_runs)
+        fm = self.slots[0]
+        kind = compile_kind(fm, config.build_sampler(), chunk_steps_for(fm.layout.dim, planned_steps))
+        return compile_pays(self.model, self._signature(0, config), predicted_seconds, planned_runs, kind)
 
     def auto_chain_batch(self, config: LLCConfig, seed: int) -> tuple[int, dict[str, Any]]:
         """``chain_batch="auto"``: the most chains of a slot that fit the free memory of every slot's device
@@ -493,6 +498,8 @@ def run_chains(
         return Context(fm.w_star, u, config.bounding_box_size, config.weight_decay, exact)
 
     main = problem.slots[0]
+    planned_steps = config.total_steps * config.grad_accum_steps * config.chains * max(1, planned_runs or 1)
+    planned_steps //= max(1, len(plan[0][0]))  # chain-batch calls: chains run together
     if problem.compile == "auto":
         use_compile = problem.compiled_available(config) or problem.compile_pays(
             config,
@@ -507,12 +514,11 @@ def run_chains(
             )
             * max(len(batches) for batches in plan.values()),
             planned_runs,
+            planned_steps,
         )
     else:
         use_compile = bool(problem.compile)
 
-    planned_steps = config.total_steps * config.grad_accum_steps * config.chains * max(1, planned_runs or 1)
-    planned_steps //= max(1, len(plan[0][0]))  # chain-batch calls: chains run together
     ledgers = (PassLedger(), PassLedger())  # the loader's and the observables' passes, for this run
     jobs = [
         SlotJob(
