@@ -302,7 +302,12 @@ def _compile_kinds(model, est):
 
 
 @pytest.mark.slow
-def test_compiled_run_matches_eager_and_is_reused(classification_data):
+def test_compiled_run_matches_eager_and_is_reused(classification_data, tmp_path, monkeypatch):
+    import lambdahat.chains as chains
+
+    monkeypatch.setattr(
+        chains, "_record_file", lambda: str(tmp_path / "compiles.json")
+    )  # this test's record only
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
     loader = DataLoader(classification_data, batch_size=32)
     est = LLCEstimator(**FAST)

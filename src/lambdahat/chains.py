@@ -33,7 +33,7 @@ from torch.func import grad_and_value, vmap
 from .config import Schedule
 from .data import DataFeed
 from .functional import FunctionalModel
-from .rng import ChainNoise, chain_keys, gaussian
+from .rng import ChainNoise, gaussian
 from .samplers import Context, Hyper, Info, Sampler
 
 __all__ = [
@@ -183,8 +183,8 @@ class StepNoise:
 
     def __init__(self, seed: int, chains: Sequence[int], dim: int, device: torch.device, dtype: torch.dtype):
         self.step = 0
-        self.keys = chain_keys(seed, chains, device)
         self._eager = ChainNoise(seed, chains, dim, device, dtype)
+        self.keys = self._eager.keys
         self._device = device
         self._t: torch.Tensor | None = None
 
@@ -433,21 +433,21 @@ def _run_chunks(step_fn, fm, state, batches, noise, hyper, ctx, trace, counts, s
     (``steps``, or fewer when the chunk could not be compiled and the caller continues step by step)."""
     size, s, pending = step_fn.chunk_steps, 0, []
 
-    def record(k, info, count):
-        trace[:, :, s + k] = info
-        counts[s + k] = count
+    def singles(state, group):  # one step per batch of ``group``, as far as the run goes
+        n = min(len(group), steps - s)
+        for k, (x, y) in enumerate(group[:n]):
+            state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise, hyper, ctx)
+            trace[:, :, s + k] = info
+            counts[s + k] = count
+            noise.advance()
+        _progress(on_step, n)
+        return state, n
 
     while s < steps:
         batch = next(batches)
         if pending and _shapes(batch) != _shapes(pending[0]):
-            # another shape: what was gathered goes step by step, the new batch starts the next chunk
-            n = min(len(pending), steps - s)
-            for k, (x, y) in enumerate(pending[:n]):
-                state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise, hyper, ctx)
-                record(k, info, count)
-                noise.advance()
+            state, n = singles(state, pending)  # another shape: the new batch starts the next chunk
             s, pending = s + n, []
-            _progress(on_step, n)
             if s >= steps:
                 break
         pending.append(batch)
@@ -456,13 +456,8 @@ def _run_chunks(step_fn, fm, state, batches, noise, hyper, ctx, trace, counts, s
         xs, ys = zip(*pending)
         out = step_fn.chunk(state, fm.frozen, fm.buffers, xs, ys, noise, hyper, ctx)
         if out is None:  # the chunk did not compile: these and the remaining steps one by one
-            for k, (x, y) in enumerate(pending[: steps - s]):
-                state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise, hyper, ctx)
-                record(k, info, count)
-                noise.advance()
-            done = min(len(pending), steps - s)
-            _progress(on_step, done)
-            return state, s + done
+            state, n = singles(state, pending)
+            return state, s + n
         state, info, count = out
         n = min(size, steps - s)
         trace[:, :, s : s + n] = info[..., :n]
@@ -501,8 +496,8 @@ def predicted_eager_seconds(
 ) -> float:
     """Predict the eager time of ``steps`` steps for ``n_chains`` chains from a short pilot (its results are
     thrown away): the median time of a step without noise, plus the time of one block of the eager noise per step
-    (the pilot's noise comes from a stream of no chain of the run)."""
-    noise = ChainNoise(2**62, range(n_chains), fm.layout.dim, fm.device, fm.param_dtype)
+    (numbers of seed 0, thrown away too)."""
+    noise = ChainNoise(0, range(n_chains), fm.layout.dim, fm.device, fm.param_dtype)
     start = time.perf_counter()
     noise.at(0)
     if fm.device.type == "cuda":

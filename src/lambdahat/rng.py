@@ -210,7 +210,7 @@ def _fill_slice(z, t, k0, k1, lo: int, hi: int, stream: int) -> None:
     torch.mul(u2, u3.sin_(), out=out[..., 3])
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
 _POOL_LOCK = threading.Lock()
 
 
@@ -222,9 +222,9 @@ def _slice_pool() -> ThreadPoolExecutor | None:
     if workers < 2:
         return None
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers != workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambdahat-noise")
-        return _POOL
+        if _POOL is None or _POOL[0] != workers:
+            _POOL = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambdahat-noise"))
+        return _POOL[1]
 
 
 def gaussian_eager(
