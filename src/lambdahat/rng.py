@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -210,21 +209,12 @@ def _fill_slice(z, t, k0, k1, lo: int, hi: int, stream: int) -> None:
     torch.mul(u2, u3.sin_(), out=out[..., 3])
 
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
-_POOL_LOCK = threading.Lock()
-
-
-def _slice_pool() -> ThreadPoolExecutor | None:
-    """Threads for the slices of an eager block on the CPU (as many as torch's intra-op threads and the cores
-    allow; ``None`` for one): each slice's operations are too small for torch to parallelize."""
-    global _POOL
-    workers = min(torch.get_num_threads(), os.cpu_count() or 1)
-    if workers < 2:
-        return None
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != workers:
-            _POOL = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambdahat-noise"))
-        return _POOL[1]
+def _slice_workers(device: torch.device, slices: int) -> int:
+    """Threads for the slices of an eager block: as many as torch's intra-op threads and the cores allow on the CPU
+    (each slice's operations are too small for torch to parallelize), one elsewhere."""
+    if device.type != "cpu" or slices < 2:
+        return 1
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1, slices))
 
 
 def gaussian_eager(
@@ -240,12 +230,16 @@ def gaussian_eager(
     k0, k1 = keys[:, 0].reshape(1, -1, 1), keys[:, 1].reshape(1, -1, 1)
     width = max(1, EAGER_SLICE_COUNTERS // (steps * chains))
     bounds = [(lo, min(blocks, lo + width)) for lo in range(0, blocks, width)]
-    pool = _slice_pool() if device.type == "cpu" and len(bounds) > 1 else None
-    if pool is None:
+    workers = _slice_workers(device, len(bounds))
+    if workers == 1:
         for lo, hi in bounds:
             _fill_slice(z, t, k0, k1, lo, hi, stream)
     else:
-        list(pool.map(lambda b: _fill_slice(z, t, k0, k1, b[0], b[1], stream), bounds))
+        # A pool per block, not one kept for the process: idle threads that have run torch operations keep their
+        # OpenMP state, and later parallel work of the process (a compiled step) ran 1.3-1.6x slower while they
+        # lived (benchmarks/RESULTS.md). Starting two threads costs well under a millisecond per block.
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambdahat-noise") as pool:
+            list(pool.map(lambda b: _fill_slice(z, t, k0, k1, b[0], b[1], stream), bounds))
     return z.reshape(steps, chains, 4 * blocks)[..., :dim].to(dtype)
 
 
