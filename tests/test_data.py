@@ -281,7 +281,7 @@ def test_batch_indices_of_a_pass_equal_the_batch_samplers(
 ):
     """The fast path draws a pass's order as the sampler draws it and cuts it into batches: the same batches as
     torch's BatchSampler yields (the samplers' generator calls are replicated; this pins them to torch's)."""
-    from lambdahat.data import _batch_indices
+    from lambdahat.data import _pass_indices
 
     data = TensorDataset(torch.arange(103))
     generator = torch.Generator().manual_seed(9) if own_generator else None
@@ -297,6 +297,34 @@ def test_batch_indices_of_a_pass_equal_the_batch_samplers(
     if generator is not None:
         generator.set_state(state)
     torch.manual_seed(5)
-    got = _batch_indices(loader.batch_sampler)
+    order, sizes = _pass_indices(loader.batch_sampler)
+    got = list(torch.split(order, sizes))
     assert len(got) == len(expected)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("block_bytes", [1, 200, 1 << 30])
+def test_gathered_batches_equal_one_indexing_per_batch(block_bytes, monkeypatch):
+    """Batches cut from blocks gathered at once (any block size, down to one batch per block) hold the values of
+    one indexing per batch, in order, each contiguous."""
+    import lambdahat.data as data_module
+
+    monkeypatch.setattr(data_module, "GATHER_BLOCK_BYTES", block_bytes)
+    g = torch.Generator().manual_seed(0)
+    tensors = (torch.randn(50, 3, generator=g), torch.randint(0, 9, (50,), generator=g))
+    order = torch.randperm(50, generator=g)[:47]
+    sizes = [10, 10, 10, 10, 7]
+    got = list(data_module._gathered_batches(tensors, order, sizes))
+    expected = [tuple(t[idx] for t in tensors) for idx in torch.split(order, sizes)]
+    assert len(got) == len(expected)
+    for batch, ref in zip(got, expected):
+        assert all(torch.equal(a, b) and a.is_contiguous() for a, b in zip(batch, ref))
+
+
+def test_custom_batch_sampler_goes_through_the_fast_path_unchanged():
+    """A batch sampler that is not torch's BatchSampler is listed as it yields (batches of any sizes)."""
+    from lambdahat.data import _pass_indices
+
+    order, sizes = _pass_indices([[3, 1], [0], [2, 4, 5]])
+    assert sizes == [2, 1, 3]
+    assert order.tolist() == [3, 1, 0, 2, 4, 5]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,18 +133,47 @@ def _sampler_order(sampler: Any) -> torch.Tensor:
     return torch.as_tensor(list(sampler), dtype=torch.int64)
 
 
-def _batch_indices(batch_sampler: Any) -> list[torch.Tensor]:
-    """The index tensors of one pass of ``batch_sampler``. For torch's own ``BatchSampler`` the pass's indices are
-    drawn from its sampler in one list and cut into consecutive batches of ``batch_size`` (the last one dropped
-    with ``drop_last`` when it is short), which is what ``BatchSampler`` yields, without a Python list per batch."""
+def _pass_indices(batch_sampler: Any) -> tuple[torch.Tensor, list[int]]:
+    """One pass of ``batch_sampler`` as the concatenated indices of its batches and the batches' sizes. For
+    torch's own ``BatchSampler`` the pass's indices are drawn from its sampler in one tensor and cut into consecutive
+    batches of ``batch_size`` (the last one dropped with ``drop_last`` when it is short), which is what
+    ``BatchSampler`` yields, without a Python list per batch."""
     if type(batch_sampler) is BatchSampler:
         order = _sampler_order(batch_sampler.sampler)
-        size = batch_sampler.batch_size
-        batches = list(torch.split(order, size))
-        if batches and batch_sampler.drop_last and len(batches[-1]) < size:
-            batches.pop()
-        return batches
-    return [torch.as_tensor(idx) for idx in batch_sampler]
+        size, total = batch_sampler.batch_size, len(order)
+        sizes = [size] * (total // size)
+        if total % size and not batch_sampler.drop_last:
+            sizes.append(total % size)
+        return order[: sum(sizes)], sizes
+    batches = [torch.as_tensor(idx, dtype=torch.int64).reshape(-1) for idx in batch_sampler]
+    order = torch.cat(batches) if batches else torch.zeros(0, dtype=torch.int64)
+    return order, [len(idx) for idx in batches]
+
+
+#: The fast path gathers the rows of consecutive batches with one indexing operation per tensor, up to this many
+#: bytes at a time, and cuts the batches from them as views.
+GATHER_BLOCK_BYTES = 16 * 2**20
+
+
+def _gathered_batches(
+    tensors: Sequence[torch.Tensor], order: torch.Tensor, sizes: list[int]
+) -> Iterator[tuple]:
+    """The batches ``tuple(t[idx] for t in tensors)`` whose indices ``idx`` are consecutive pieces of ``order`` of
+    the lengths ``sizes``: the rows of consecutive batches are gathered at once (at most :data:`GATHER_BLOCK_BYTES`
+    per group, at least one batch) and the batches are contiguous slices of that block. The same values as one
+    indexing per batch, at a fraction of the per-batch cost (one small indexing operation costs about 20 µs per
+    tensor)."""
+    row_bytes = max(1, sum(t[0].numel() * t.element_size() for t in tensors) if len(tensors[0]) else 1)
+    rows_per_block = max(1, GATHER_BLOCK_BYTES // row_bytes)
+    start, offset = 0, 0
+    while start < len(sizes):
+        stop, rows = start + 1, sizes[start]
+        while stop < len(sizes) and rows + sizes[stop] <= rows_per_block:
+            rows += sizes[stop]
+            stop += 1
+        index = order[offset : offset + rows]
+        yield from zip(*(torch.split(t[index], sizes[start:stop]) for t in tensors))
+        start, offset = stop, offset + rows
 
 
 def _owned_generators(loader: Any) -> list[torch.Generator]:
@@ -305,15 +334,14 @@ class DataFeed:
         with _seeded(self.loader, _pass_seed(self.seed, pass_index)):
             if self.fast:
                 tensors = self.loader.dataset.tensors
-                index_lists = _batch_indices(self.loader.batch_sampler)
+                order, sizes = _pass_indices(self.loader.batch_sampler)
             else:
                 source = iter(self.loader)
                 first = next(source, _END)  # worker base seed, shuffle and first batch are drawn now
                 if first is not _END:
                     _draw_remaining_indices(source, self.loader)
         if self.fast:
-            for idx in index_lists:
-                yield tuple(t[idx] for t in tensors)
+            yield from _gathered_batches(tensors, order, sizes)
             return
         if first is _END:
             return
