@@ -17,6 +17,7 @@ copied to the host once, at the end.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import threading
@@ -29,20 +30,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.func import grad_and_value, vmap
+from torch.utils._pytree import tree_map
 
 from .config import Schedule
 from .data import DataFeed
 from .functional import FunctionalModel
-from .rng import ChainNoise, gaussian
+from .rng import ChainNoise, chain_keys, gaussian, gaussian_eager, noise_block_steps
 from .samplers import Context, Hyper, Info, Sampler
 
 __all__ = [
+    "CHUNK_STEPS",
     "COMPILE_SECONDS_GUESS",
     "Schedule",
     "StepFunction",
     "StepNoise",
     "chunk_steps_for",
+    "chunk_steps_of",
+    "compile_kind",
     "compile_pays",
+    "compiled_before",
     "compiled_step_available",
     "make_step",
     "run_chain_batch",
@@ -58,18 +64,30 @@ AUTO_COMPILE_FACTOR = 3.0
 CHUNK_STEPS = 8
 #: ... when they sample at most this many scalars (larger models spend their time in arithmetic, not overhead) ...
 CHUNK_MAX_DIM = 1 << 16
-#: ... and the planned work holds at least this many steps: a chunk compiles several times longer than one step
-#: (105–127 s against 10–40 s on a 2-core CPU with a cold inductor cache, benchmarks/RESULTS.md) and saves about a
-#: millisecond per step on the small models, so it pays only over long sweeps.
+#: ... and the planned work holds at least this many steps, unless a chunk of this kind was compiled on this machine
+#: before: a chunk compiles several times longer than one step with a cold inductor cache (105–127 s against
+#: 10–40 s on a 2-core CPU, benchmarks/RESULTS.md) and saves a few tenths of a millisecond per step on the small
+#: models, so a first chunk pays only over long sweeps; from a warm cache it loads as fast as a single step.
 CHUNK_MIN_STEPS = 100_000
 
 
-def chunk_steps_for(dim: int, planned_steps: int | None = None) -> int:
+def chunk_steps_for(dim: int, planned_steps: int | None = None, warm: bool = False) -> int:
     """Steps per compiled call for a model of ``dim`` sampled scalars and ``planned_steps`` steps of planned work
-    (``None``: as many as pays, i.e. chunks for a small model)."""
-    if dim > CHUNK_MAX_DIM or (planned_steps is not None and planned_steps < CHUNK_MIN_STEPS):
+    (``None``: as many as pays, i.e. chunks for a small model); ``warm``: a chunk of this kind was compiled on this
+    machine before (:func:`compiled_before`), so it costs no more to load than a single step."""
+    if dim > CHUNK_MAX_DIM:
         return 1
-    return CHUNK_STEPS
+    if warm or planned_steps is None or planned_steps >= CHUNK_MIN_STEPS:
+        return CHUNK_STEPS
+    return 1
+
+
+def chunk_steps_of(fm: FunctionalModel, sampler: Sampler, planned_steps: int | None) -> int:
+    """:func:`chunk_steps_for` this model and sampler, warm when the compile record (:func:`compiled_before`)
+    holds a chunk of their kind."""
+    dim = fm.layout.dim
+    warm = dim <= CHUNK_MAX_DIM and compiled_before(compile_kind(fm, sampler, CHUNK_STEPS)) is not None
+    return chunk_steps_for(dim, planned_steps, warm)
 
 
 def make_step(
@@ -147,21 +165,29 @@ def make_step(
 def make_chunk(fm: FunctionalModel, sampler: Sampler, steps: int) -> Callable:
     """``steps`` consecutive steps in one function
     ``(state, frozen, buffers, xs, ys, (keys, t), hyper, ctx) -> (state, info [fields, chains, steps],
-    counts [steps])``, with ``xs``, ``ys`` tuples of ``steps`` batches and the noise of step ``t + k`` made in the
-    graph: compiled, the per-step Python, guard and launch overhead is paid once per chunk, and consecutive
-    steps fuse (the same arithmetic as ``steps`` calls of :func:`make_step`)."""
+    counts [steps])``, with ``xs``, ``ys`` the ``steps`` batches stacked (:func:`stack_batches`) and the noise of
+    step ``t + k`` made in the graph: compiled, the per-step Python, guard and launch overhead is paid once per
+    chunk, and consecutive steps fuse (the same arithmetic as ``steps`` calls of :func:`make_step`)."""
     one = make_step(fm, sampler, noise_in_graph=True)
 
     def chunk(state, frozen, buffers, xs, ys, noise, hyper, ctx):
         keys, t = noise
         infos, counts = [], []
         for k in range(steps):
-            state, info, count = one(state, frozen, buffers, xs[k], ys[k], (keys, t + k), hyper, ctx)
+            x, y = tree_map(lambda leaf, k=k: leaf[k], xs), tree_map(lambda leaf, k=k: leaf[k], ys)
+            state, info, count = one(state, frozen, buffers, x, y, (keys, t + k), hyper, ctx)
             infos.append(info)
             counts.append(count)
         return state, torch.stack(infos, dim=-1), torch.stack(counts)
 
     return chunk
+
+
+def stack_batches(batches: Sequence) -> object:
+    """Batches of one structure and shape stacked leaf by leaf into one of a leading dimension ``len(batches)``:
+    a chunk's inputs are then a few fresh tensors, never views of one another (the data feed cuts batches from
+    one gathered block, and inputs that share memory make torch.compile build another, much slower, graph)."""
+    return tree_map(lambda *leaves: torch.stack(leaves), *batches)
 
 
 def make_recorder(fm: FunctionalModel) -> Callable:
@@ -200,6 +226,21 @@ class StepNoise:
         self.step += steps
         if self._t is not None:
             self._t.add_(steps)
+
+
+def compile_static(fn: Callable) -> Callable:
+    """``torch.compile(fn)`` for shapes that stay fixed, with entries of its own.
+
+    ``dynamic=False``: every batch shape gets its own static graph (a run sees one or two), never the slower
+    dynamic-shape graph that torch's automatic dynamic shapes build when the same function meets a second model in
+    one process. ``isolate_recompiles=True`` (torch ≥ 2.13): the compiled entries of this step are counted apart
+    from those of the steps of other models, so a process sampling many models never reaches the recompile limit
+    (8 per function), past which torch would silently run the step eagerly.
+    """
+    options: dict[str, object] = {"dynamic": False}
+    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:
+        options["isolate_recompiles"] = True
+    return torch.compile(fn, **options)
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -241,7 +282,7 @@ class StepFunction:
             if self.compiled_fn is not None:
                 self.first_call = False
             else:
-                self.compiled_fn = self._cache[signature] = torch.compile(
+                self.compiled_fn = self._cache[signature] = compile_static(
                     make_step(fm, sampler, observe, micro_batches, noise_in_graph=True)
                 )
             if chunk_steps > 1 and not observe and micro_batches == 1:
@@ -250,7 +291,7 @@ class StepFunction:
                 if self.chunk_fn is not None:
                     self._chunk_first = False
                 else:
-                    self.chunk_fn = self._cache[key] = torch.compile(make_chunk(fm, sampler, chunk_steps))
+                    self.chunk_fn = self._cache[key] = compile_static(make_chunk(fm, sampler, chunk_steps))
         self.chunk_steps = chunk_steps if self.chunk_fn is not None else 1
 
     @property
@@ -395,7 +436,7 @@ def run_chain_batch(
         )
         recorder = make_recorder(fm)
     first_draw, every = schedule.burnin_steps, schedule.steps_bw_draws
-    s = 0
+    s, pending = 0, []
     if step_fn.chunk_steps > 1 and observed is None and block is None:
         state, s = _run_chunks(step_fn, fm, state, batches, noise, hyper, ctx, trace, counts, steps, on_step)
     while s < steps:
@@ -416,12 +457,28 @@ def run_chain_batch(
                 records[rows, start : draw + 1] = block[:, : slot + 1].cpu().numpy()
         state, info, count = step_fn(state, fm.frozen, fm.buffers, x, y, noise, hyper, ctx, *extra)
         noise.advance()
-        trace[:, :, s] = info
-        counts[s] = count
+        pending.append((info, count))
         s += 1
+        if len(pending) == TRACE_FLUSH_STEPS or s == steps:
+            _flush(pending, trace, counts, s)
         if on_step is not None:
             on_step()
     return ChainTrace(trace.cpu(), counts.cpu())
+
+
+#: The step loop keeps the infos of this many steps before writing them into the trace with one copy (a copy per
+#: step costs about as much as the small kernels of a tiny model's step).
+TRACE_FLUSH_STEPS = 64
+
+
+def _flush(pending: list, trace: torch.Tensor, counts: torch.Tensor, end: int) -> None:
+    """Write the ``(info, count)`` pairs of the steps ``end - len(pending) .. end - 1`` into the trace; empty
+    ``pending``."""
+    start = end - len(pending)
+    infos, step_counts = zip(*pending)
+    trace[:, :, start:end] = torch.stack(infos, dim=-1)
+    counts[start:end] = torch.stack(step_counts)
+    pending.clear()
 
 
 def _run_chunks(step_fn, fm, state, batches, noise, hyper, ctx, trace, counts, steps, on_step):
@@ -454,7 +511,9 @@ def _run_chunks(step_fn, fm, state, batches, noise, hyper, ctx, trace, counts, s
         if len(pending) < size:
             continue
         xs, ys = zip(*pending)
-        out = step_fn.chunk(state, fm.frozen, fm.buffers, xs, ys, noise, hyper, ctx)
+        out = step_fn.chunk(
+            state, fm.frozen, fm.buffers, stack_batches(xs), stack_batches(ys), noise, hyper, ctx
+        )
         if out is None:  # the chunk did not compile: these and the remaining steps one by one
             state, n = singles(state, pending)
             return state, s + n
@@ -484,6 +543,10 @@ def _shapes(obj) -> object:
     return type(obj)
 
 
+#: Steps of eager noise the ``compile="auto"`` pilot times.
+NOISE_PILOT_STEPS = 4
+
+
 def predicted_eager_seconds(
     fm: FunctionalModel,
     sampler: Sampler,
@@ -495,14 +558,16 @@ def predicted_eager_seconds(
     pilot_steps: int = 3,
 ) -> float:
     """Predict the eager time of ``steps`` steps for ``n_chains`` chains from a short pilot (its results are
-    thrown away): the median time of a step without noise, plus the time of one block of the eager noise per step
-    (numbers of seed 0, thrown away too)."""
-    noise = ChainNoise(0, range(n_chains), fm.layout.dim, fm.device, fm.param_dtype)
+    thrown away): the median time of a step without noise, plus the eager noise of a step, timed on
+    :data:`NOISE_PILOT_STEPS` steps of it (numbers of seed 0, thrown away too; a whole block of a small model's noise
+    would cost more than the pilot's steps)."""
+    keys = chain_keys(0, range(n_chains), fm.device)
+    pilot_noise = min(NOISE_PILOT_STEPS, noise_block_steps(fm.layout.dim))
     start = time.perf_counter()
-    noise.at(0)
+    gaussian_eager(keys, 0, pilot_noise, fm.layout.dim, fm.param_dtype)
     if fm.device.type == "cuda":
         torch.cuda.synchronize(fm.device)
-    noise_per_step = (time.perf_counter() - start) / noise.block
+    noise_per_step = (time.perf_counter() - start) / pilot_noise
     step = make_step(fm, sampler)
     state = sampler.init(fm.w_star.expand(n_chains, fm.layout.dim).contiguous())
     zeros = torch.zeros(n_chains, fm.layout.dim, device=fm.device, dtype=fm.param_dtype)
@@ -546,13 +611,18 @@ def _record_file() -> str | None:
         return None
 
 
+#: Raised whenever the traced step or chunk changes, so that the compile record does not promise a warm cache for
+#: a graph inductor has never seen.
+STEP_GRAPH_REVISION = 3
+
+
 def compile_kind(fm: FunctionalModel, sampler: Sampler, chunk_steps: int) -> str:
     """What makes a compiled step reusable from inductor's caches by another process: the model's class and
-    sampled scalars, the sampler, the precision, the chunk and torch's version."""
+    sampled scalars, the sampler, the precision, the chunk, the step's graph revision and torch's version."""
     model = type(fm.module)
     return "|".join(
         (f"{model.__module__}.{model.__qualname__}", str(fm.layout.dim), sampler.name, str(fm.param_dtype),
-         str(fm.autocast_dtype), str(chunk_steps), torch.__version__)
+         str(fm.autocast_dtype), str(chunk_steps), f"graph{STEP_GRAPH_REVISION}", torch.__version__)
     )  # fmt: skip
 
 

@@ -35,7 +35,7 @@ from .anchor import anchor_pass
 from .chains import (
     EvaluationSet,
     StepFunction,
-    chunk_steps_for,
+    chunk_steps_of,
     compile_kind,
     compile_pays,
     compiled_step_available,
@@ -188,10 +188,10 @@ class Problem:
     ) -> StepFunction:
         """The step of one slot for this config's sampler (built once per problem, compiled ones cached per model
         object for the life of the process); compiled, it takes chunks of steps when the planned work is long
-        enough (:func:`lambdahat.chains.chunk_steps_for`)."""
+        enough or a chunk of its kind is in inductor's caches (:func:`lambdahat.chains.chunk_steps_of`)."""
         sampler = config.build_sampler()
         signature = self._signature(slot, config)
-        chunk = chunk_steps_for(self.layout.dim, planned_steps) if use_compile else 1
+        chunk = self._chunk_steps(config, planned_steps) if use_compile else 1
         key = (signature, use_compile, chunk)
         if key not in self._steps:
             self._steps[key] = StepFunction(
@@ -233,9 +233,12 @@ class Problem:
         self, config: LLCConfig, predicted_seconds: float, planned_runs: int | None, planned_steps: int
     ) -> bool:
         """The ``compile="auto"`` decision (see :func:`lambdahat.chains.compile_pays`)."""
-        fm = self.slots[0]
-        kind = compile_kind(fm, config.build_sampler(), chunk_steps_for(fm.layout.dim, planned_steps))
+        kind = compile_kind(self.slots[0], config.build_sampler(), self._chunk_steps(config, planned_steps))
         return compile_pays(self.model, self._signature(0, config), predicted_seconds, planned_runs, kind)
+
+    def _chunk_steps(self, config: LLCConfig, planned_steps: int | None) -> int:
+        """Steps per compiled call (:func:`lambdahat.chains.chunk_steps_of`)."""
+        return chunk_steps_of(self.slots[0], config.build_sampler(), planned_steps)
 
     def auto_chain_batch(self, config: LLCConfig, seed: int) -> tuple[int, dict[str, Any]]:
         """``chain_batch="auto"``: the most chains of a slot that fit the free memory of every slot's device
