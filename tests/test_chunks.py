@@ -20,13 +20,17 @@ def test_chunking_is_for_small_models_and_long_planned_work():
         chains.chunk_steps_for(1000, planned_steps=chains.CHUNK_MIN_STEPS - 1) == 1
     )  # compiling it won't pay
     assert chains.chunk_steps_for(chains.CHUNK_MAX_DIM + 1) == 1
-    # a chunk compiled before on this machine loads from inductor's caches as fast as a single step
-    assert chains.chunk_steps_for(1000, planned_steps=10, warm=True) == chains.CHUNK_STEPS
-    assert chains.chunk_steps_for(chains.CHUNK_MAX_DIM + 1, planned_steps=10, warm=True) == 1
+    # a chunk compiled before on this machine comes from inductor's caches: it pays over shorter work
+    warm = chains.CHUNK_MIN_STEPS_WARM
+    assert warm < chains.CHUNK_MIN_STEPS
+    assert chains.chunk_steps_for(1000, planned_steps=warm, warm=True) == chains.CHUNK_STEPS
+    assert chains.chunk_steps_for(1000, planned_steps=warm - 1, warm=True) == 1
+    assert chains.chunk_steps_for(chains.CHUNK_MAX_DIM + 1, planned_steps=warm, warm=True) == 1
 
 
 def test_a_recorded_chunk_makes_short_compiled_runs_take_chunks(tmp_path, monkeypatch):
-    """The compile record decides: a short run takes single steps until a chunk of its kind has been compiled."""
+    """The compile record decides: a run of moderate length takes single steps until a chunk of its kind has been
+    compiled."""
     from lambdahat import LLCConfig, prepare
 
     monkeypatch.setattr(chains, "_record_file", lambda: str(tmp_path / "compiles.json"))
@@ -34,9 +38,11 @@ def test_a_recorded_chunk_makes_short_compiled_runs_take_chunks(tmp_path, monkey
     data = TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,)))
     problem = prepare(model, DataLoader(data, batch_size=10), LLCConfig(), compile=True)
     fm, sampler = problem.slots[0], LLCConfig().build_sampler()
-    assert chains.chunk_steps_of(fm, sampler, planned_steps=100) == 1
+    planned = chains.CHUNK_MIN_STEPS_WARM
+    assert chains.chunk_steps_of(fm, sampler, planned_steps=planned) == 1
     chains.record_compile(chains.compile_kind(fm, sampler, chains.CHUNK_STEPS), 60.0)
-    assert chains.chunk_steps_of(fm, sampler, planned_steps=100) == chains.CHUNK_STEPS
+    assert chains.chunk_steps_of(fm, sampler, planned_steps=planned) == chains.CHUNK_STEPS
+    assert chains.chunk_steps_of(fm, sampler, planned_steps=planned - 1) == 1
 
 
 @pytest.mark.slow

@@ -64,20 +64,24 @@ AUTO_COMPILE_FACTOR = 3.0
 CHUNK_STEPS = 8
 #: ... when they sample at most this many scalars (larger models spend their time in arithmetic, not overhead) ...
 CHUNK_MAX_DIM = 1 << 16
-#: ... and the planned work holds at least this many steps, unless a chunk of this kind was compiled on this machine
-#: before: a chunk compiles several times longer than one step with a cold inductor cache (105–127 s against
-#: 10–40 s on a 2-core CPU, benchmarks/RESULTS.md) and saves a few tenths of a millisecond per step on the small
-#: models, so a first chunk pays only over long sweeps; from a warm cache it loads as fast as a single step.
+#: ... and the planned work holds at least this many steps: a chunk compiles several times longer than one step with
+#: a cold inductor cache (105–127 s against 10–40 s on a 2-core CPU, benchmarks/RESULTS.md) and saves 0.1–0.3 ms per
+#: step on the small models, so a first chunk pays only over long sweeps ...
 CHUNK_MIN_STEPS = 100_000
+#: ... or this many when a chunk of the kind was compiled on this machine before (the compile record): its graph then
+#: comes from inductor's caches, but tracing the 8 steps still costs several seconds more than one step (modular
+#: addition: 13.7 s against 4.6 s for a first compiled call in a fresh process).
+CHUNK_MIN_STEPS_WARM = 20_000
 
 
 def chunk_steps_for(dim: int, planned_steps: int | None = None, warm: bool = False) -> int:
     """Steps per compiled call for a model of ``dim`` sampled scalars and ``planned_steps`` steps of planned work
     (``None``: as many as pays, i.e. chunks for a small model); ``warm``: a chunk of this kind was compiled on this
-    machine before (:func:`compiled_before`), so it costs no more to load than a single step."""
+    machine before (:func:`compiled_before`)."""
     if dim > CHUNK_MAX_DIM:
         return 1
-    if warm or planned_steps is None or planned_steps >= CHUNK_MIN_STEPS:
+    threshold = CHUNK_MIN_STEPS_WARM if warm else CHUNK_MIN_STEPS
+    if planned_steps is None or planned_steps >= threshold:
         return CHUNK_STEPS
     return 1
 
@@ -228,18 +232,24 @@ class StepNoise:
             self._t.add_(steps)
 
 
-def compile_static(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` for shapes that stay fixed, with entries of its own.
+#: Compiled entries one step function may hold (static graphs: one per model architecture, batch shape and sampler
+#: met in the process) before torch would run it eagerly; torch's default is 8.
+RECOMPILE_LIMIT = 64
 
-    ``dynamic=False``: every batch shape gets its own static graph (a run sees one or two), never the slower
-    dynamic-shape graph that torch's automatic dynamic shapes build when the same function meets a second model in
-    one process. ``isolate_recompiles=True`` (torch ≥ 2.13): the compiled entries of this step are counted apart
-    from those of the steps of other models, so a process sampling many models never reaches the recompile limit
-    (8 per function), past which torch would silently run the step eagerly.
+
+def compile_static(fn: Callable) -> Callable:
+    """``torch.compile(fn)`` for shapes that stay fixed.
+
+    ``dynamic=False``: every batch shape and model gets its own static graph, never the slower dynamic-shape graph
+    that torch's automatic dynamic shapes build when the same function meets a second model in one process (a
+    deep linear network's first chunk took 117 s to compile after two other models had run). Fresh model objects
+    of one architecture still share a graph (a checkpoint sweep compiles once). With many models in one process
+    the entries add up, so the limit past which torch would silently run the step eagerly is raised to
+    :data:`RECOMPILE_LIMIT` where torch (≥ 2.13) takes a limit per compiled function.
     """
     options: dict[str, object] = {"dynamic": False}
-    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:
-        options["isolate_recompiles"] = True
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        options["recompile_limit"] = RECOMPILE_LIMIT
     return torch.compile(fn, **options)
 
 
