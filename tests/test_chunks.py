@@ -66,3 +66,29 @@ def test_compiled_chunks_equal_eager_steps(monkeypatch):
     assert est.get_metrics()["chunk_steps"] == 3
     torch.testing.assert_close(est.result.loss_trace, eager_trace, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_batches_of_varying_shapes_compile_with_dynamic_shapes(tmp_path, monkeypatch):
+    """A loader that is not a TensorDataset (here a list of batches of 24 and 16 rows) may change shapes from batch
+    to batch: its compiled step keeps torch's automatic dynamic shapes, the record says so, and the chains equal
+    the eager ones."""
+    monkeypatch.setattr(
+        chains, "_record_file", lambda: str(tmp_path / "compiles.json")
+    )  # this test's record only
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    batches = [(x[:24], y[:24]), (x[24:], y[24:])]
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    est = LLCEstimator(draws=6, chains=2, burnin_steps=2, learning_rate=1e-3, localization=10.0, nbeta=20.0)
+    kwargs = dict(criterion_fn=F.cross_entropy, seed=2, show_progress=False)
+    eager = est.estimate_llc(model, batches, compile=False, **kwargs)
+    compiled = est.estimate_llc(model, batches, compile=True, **kwargs)
+    assert est.get_metrics()["compiled"] is True
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+    from lambdahat import LLCConfig, prepare
+
+    fm = prepare(model, batches, LLCConfig()).slots[0]
+    sampler = LLCConfig().build_sampler()
+    assert chains.compiled_before(chains.compile_kind(fm, sampler, 1, static_shapes=False)) is not None
+    assert chains.compiled_before(chains.compile_kind(fm, sampler, 1, static_shapes=True)) is None

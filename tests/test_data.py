@@ -328,3 +328,14 @@ def test_custom_batch_sampler_goes_through_the_fast_path_unchanged():
     order, sizes = _pass_indices([[3, 1], [0], [2, 4, 5]])
     assert sizes == [2, 1, 3]
     assert order.tolist() == [3, 1, 0, 2, 4, 5]
+
+
+def test_batch_shapes_are_fixed_only_for_tensor_datasets_through_a_batch_sampler():
+    """Compiled steps use static graphs only where every batch but a pass's last has one shape."""
+    from lambdahat.data import batch_shapes_fixed
+
+    data = TensorDataset(torch.randn(10, 2), torch.randn(10))
+    assert batch_shapes_fixed(DataLoader(data, batch_size=4, shuffle=True))
+    assert not batch_shapes_fixed(DataLoader(data, batch_size=4, collate_fn=lambda b: b))
+    assert not batch_shapes_fixed(DataLoader(data, batch_size=None))
+    assert not batch_shapes_fixed([(torch.randn(3, 2), torch.randn(3))])

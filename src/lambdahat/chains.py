@@ -86,11 +86,14 @@ def chunk_steps_for(dim: int, planned_steps: int | None = None, warm: bool = Fal
     return 1
 
 
-def chunk_steps_of(fm: FunctionalModel, sampler: Sampler, planned_steps: int | None) -> int:
+def chunk_steps_of(
+    fm: FunctionalModel, sampler: Sampler, planned_steps: int | None, static_shapes: bool = True
+) -> int:
     """:func:`chunk_steps_for` this model and sampler, warm when the compile record (:func:`compiled_before`)
     holds a chunk of their kind."""
     dim = fm.layout.dim
-    warm = dim <= CHUNK_MAX_DIM and compiled_before(compile_kind(fm, sampler, CHUNK_STEPS)) is not None
+    kind = compile_kind(fm, sampler, CHUNK_STEPS, static_shapes)
+    warm = dim <= CHUNK_MAX_DIM and compiled_before(kind) is not None
     return chunk_steps_for(dim, planned_steps, warm)
 
 
@@ -237,16 +240,20 @@ class StepNoise:
 RECOMPILE_LIMIT = 64
 
 
-def compile_static(fn: Callable) -> Callable:
-    """``torch.compile(fn)`` for shapes that stay fixed.
+def compile_step(fn: Callable, static_shapes: bool) -> Callable:
+    """``torch.compile(fn)``, with static graphs when the batch shapes are known to stay fixed.
 
-    ``dynamic=False``: every batch shape and model gets its own static graph, never the slower dynamic-shape graph
-    that torch's automatic dynamic shapes build when the same function meets a second model in one process (a
-    deep linear network's first chunk took 117 s to compile after two other models had run). Fresh model objects
-    of one architecture still share a graph (a checkpoint sweep compiles once). With many models in one process
-    the entries add up, so the limit past which torch would silently run the step eagerly is raised to
-    :data:`RECOMPILE_LIMIT` where torch (≥ 2.13) takes a limit per compiled function.
+    ``static_shapes`` (batches from a TensorDataset: one shape, and a pass's last): ``dynamic=False``, every batch
+    shape and model gets its own static graph, never the slower dynamic-shape graph that torch's automatic dynamic
+    shapes build when the same function meets a second model in one process (a deep linear network's first chunk
+    took 117 s to compile after two other models had run). Fresh model objects of one architecture still share a
+    graph (a checkpoint sweep compiles once). With many models in one process the entries add up, so the limit
+    past which torch would silently run the step eagerly is raised to :data:`RECOMPILE_LIMIT` where torch (≥ 2.13)
+    takes a limit per compiled function. Otherwise (batches whose shapes may vary, e.g. token sequences padded to
+    the longest of each batch) torch's automatic dynamic shapes, so that a new length does not mean a new compile.
     """
+    if not static_shapes:
+        return torch.compile(fn)
     options: dict[str, object] = {"dynamic": False}
     if "recompile_limit" in inspect.signature(torch.compile).parameters:
         options["recompile_limit"] = RECOMPILE_LIMIT
@@ -276,8 +283,9 @@ class StepFunction:
         observe: bool = False,
         micro_batches: int = 1,
         chunk_steps: int = 1,
+        static_shapes: bool = False,
     ):
-        self.kind = compile_kind(fm, sampler, chunk_steps)
+        self.kind = compile_kind(fm, sampler, chunk_steps, static_shapes)
         self.eager = make_step(fm, sampler, observe, micro_batches)
         self.micro_batches = micro_batches
         self.compiled_fn = None
@@ -292,8 +300,8 @@ class StepFunction:
             if self.compiled_fn is not None:
                 self.first_call = False
             else:
-                self.compiled_fn = self._cache[signature] = compile_static(
-                    make_step(fm, sampler, observe, micro_batches, noise_in_graph=True)
+                self.compiled_fn = self._cache[signature] = compile_step(
+                    make_step(fm, sampler, observe, micro_batches, noise_in_graph=True), static_shapes
                 )
             if chunk_steps > 1 and not observe and micro_batches == 1:
                 key = (signature, "chunk", chunk_steps)
@@ -301,7 +309,9 @@ class StepFunction:
                 if self.chunk_fn is not None:
                     self._chunk_first = False
                 else:
-                    self.chunk_fn = self._cache[key] = compile_static(make_chunk(fm, sampler, chunk_steps))
+                    self.chunk_fn = self._cache[key] = compile_step(
+                        make_chunk(fm, sampler, chunk_steps), static_shapes
+                    )
         self.chunk_steps = chunk_steps if self.chunk_fn is not None else 1
 
     @property
@@ -626,13 +636,15 @@ def _record_file() -> str | None:
 STEP_GRAPH_REVISION = 3
 
 
-def compile_kind(fm: FunctionalModel, sampler: Sampler, chunk_steps: int) -> str:
+def compile_kind(fm: FunctionalModel, sampler: Sampler, chunk_steps: int, static_shapes: bool = True) -> str:
     """What makes a compiled step reusable from inductor's caches by another process: the model's class and
-    sampled scalars, the sampler, the precision, the chunk, the step's graph revision and torch's version."""
+    sampled scalars, the sampler, the precision, the chunk, static or dynamic shapes (:func:`compile_step`), the
+    step's graph revision and torch's version."""
     model = type(fm.module)
+    shapes = "static" if static_shapes else "dynamic"
     return "|".join(
         (f"{model.__module__}.{model.__qualname__}", str(fm.layout.dim), sampler.name, str(fm.param_dtype),
-         str(fm.autocast_dtype), str(chunk_steps), f"graph{STEP_GRAPH_REVISION}", torch.__version__)
+         str(fm.autocast_dtype), str(chunk_steps), shapes, f"graph{STEP_GRAPH_REVISION}", torch.__version__)
     )  # fmt: skip
 
 

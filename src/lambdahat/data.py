@@ -114,6 +114,12 @@ def _fast_tensor_batches(loader: DataLoader) -> bool:
     )
 
 
+def batch_shapes_fixed(loader: Any) -> bool:
+    """Whether every batch of the loader has one shape but a pass's last: a ``DataLoader`` over a
+    ``TensorDataset`` with the default collation and a batch sampler (compiled steps then use static graphs)."""
+    return _fast_tensor_batches(loader)
+
+
 def _sampler_order(sampler: Any) -> torch.Tensor:
     """One pass of ``sampler``'s indices as a tensor. torch's ``SequentialSampler`` and ``RandomSampler`` without
     replacement are drawn as they draw (the same generator calls: ``randperm`` under the sampler's generator, or

@@ -42,7 +42,7 @@ from .chains import (
     predicted_eager_seconds,
 )
 from .config import LLCConfig, dtype_name
-from .data import DataFeed, PassLedger, dataset_size
+from .data import DataFeed, PassLedger, batch_shapes_fixed, dataset_size
 from .devices import SlotJob, plan_chain_batches, resolve_devices, run_slots
 from .functional import FunctionalModel, Objective, ParamLayout, ParamSelection, select_parameters
 from .memory import choose_chain_batch
@@ -203,8 +203,16 @@ class Problem:
                 observe=self.observables is not None,
                 micro_batches=config.grad_accum_steps,
                 chunk_steps=chunk,
+                static_shapes=self._static_shapes(),
             )
         return self._steps[key]
+
+    def _static_shapes(self) -> bool:
+        """Whether the step's batches keep one shape (but a pass's last): compiled steps then use static graphs
+        (:func:`lambdahat.chains.compile_step`)."""
+        return batch_shapes_fixed(self.loader) and (
+            self.observables is None or batch_shapes_fixed(self.observables)
+        )
 
     def _signature(self, slot: int, config: LLCConfig) -> tuple:
         sampler = config.build_sampler()
@@ -223,6 +231,7 @@ class Problem:
             config.bounding_box_size,
             config.weight_decay,
             config.grad_accum_steps,
+            self._static_shapes(),
         )
 
     def compiled_available(self, config: LLCConfig) -> bool:
@@ -233,12 +242,13 @@ class Problem:
         self, config: LLCConfig, predicted_seconds: float, planned_runs: int | None, planned_steps: int
     ) -> bool:
         """The ``compile="auto"`` decision (see :func:`lambdahat.chains.compile_pays`)."""
-        kind = compile_kind(self.slots[0], config.build_sampler(), self._chunk_steps(config, planned_steps))
+        sampler, chunk = config.build_sampler(), self._chunk_steps(config, planned_steps)
+        kind = compile_kind(self.slots[0], sampler, chunk, self._static_shapes())
         return compile_pays(self.model, self._signature(0, config), predicted_seconds, planned_runs, kind)
 
     def _chunk_steps(self, config: LLCConfig, planned_steps: int | None) -> int:
         """Steps per compiled call (:func:`lambdahat.chains.chunk_steps_of`)."""
-        return chunk_steps_of(self.slots[0], config.build_sampler(), planned_steps)
+        return chunk_steps_of(self.slots[0], config.build_sampler(), planned_steps, self._static_shapes())
 
     def auto_chain_batch(self, config: LLCConfig, seed: int) -> tuple[int, dict[str, Any]]:
         """``chain_batch="auto"``: the most chains of a slot that fit the free memory of every slot's device
