@@ -39,8 +39,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from bench_common import floor_step, loadavg
 from torch import nn
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from lambdahat import LLCEstimator
@@ -144,14 +144,7 @@ def sync(device) -> None:
 def time_floor(model, batches, criterion, compiled_fn_cache, device="cpu"):
     """Seconds for STEPS vmapped grad_and_value calls over stacked parameters (eager and compiled); ``batches``
     are already on ``device``."""
-    base = copy.deepcopy(model).eval().to(device)
-    params, buffers = stack_module_state([base] * CHAINS)
-    params = {k: v.detach() for k, v in params.items()}
-
-    def loss(p, b, x, y):
-        return criterion(functional_call(base, (p, b), (x,)), y)
-
-    f = vmap(grad_and_value(loss), in_dims=(0, 0, None, None))
+    f, params, buffers = floor_step(model, criterion, CHAINS, device)
     # one batch of every shape (a last, smaller batch makes the compiled floor recompile: not in the timed loop)
     shapes = list({tuple(t.shape for t in b): b for b in batches}.values())
     if "compiled" not in compiled_fn_cache:
@@ -183,14 +176,6 @@ def time_estimator(model, loader, criterion, hp, compile, device="cpu"):
     )
     sync(device)
     return time.perf_counter() - start, est.get_metrics()
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 HEADER = (

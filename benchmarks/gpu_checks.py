@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import json
 import math
@@ -40,22 +39,14 @@ import traceback
 import warnings
 
 import torch
+from bench_common import floor_step, loadavg
 from estimator_speed import workload
-from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.utils.data import DataLoader
 
 import lambdahat.chains
 from lambdahat import LLCEstimator
 
 SECTIONS = ("dtype", "chain_batch", "memory", "chunk")
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 class Checks:
@@ -144,14 +135,7 @@ class Checks:
                 ctypes.CDLL("libc.so.6").mallopt(-3, 65536)
             except OSError:
                 pass
-        base = copy.deepcopy(model).eval().to(self.device)
-        params, buffers = stack_module_state([base] * 8)
-        params = {k: v.detach() for k, v in params.items()}
-
-        def loss(p, b, x, y):
-            return criterion(functional_call(base, (p, b), (x,)), y)
-
-        f = vmap(grad_and_value(loss), in_dims=(0, 0, None, None))
+        f, params, buffers = floor_step(model, criterion, 8, self.device)
 
         def floor():
             for s in range(self.draws + self.burnin):

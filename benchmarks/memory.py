@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -37,15 +36,9 @@ import subprocess
 import sys
 import warnings
 
+from bench_common import floor_step, loadavg
+
 KINDS = ("floor_eager", "est_eager", "floor_compiled", "est_compiled")
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def _status_kib(field: str) -> int:
@@ -61,7 +54,6 @@ def child(kind: str, workload_name: str, device: str, threads: int | None) -> di
     import torch
     from estimator_speed import BURNIN, CHAINS, DRAWS, STEPS, workload
     from torch import nn
-    from torch.func import functional_call, grad_and_value, stack_module_state, vmap
     from torch.utils.data import DataLoader, TensorDataset
 
     from lambdahat import LLCEstimator
@@ -87,14 +79,7 @@ def child(kind: str, workload_name: str, device: str, threads: int | None) -> di
     compiled = kind.endswith("compiled")
 
     if kind.startswith("floor"):
-        base = copy.deepcopy(model).eval().to(device)
-        params, buffers = stack_module_state([base] * CHAINS)
-        params = {k: v.detach() for k, v in params.items()}
-
-        def loss(p, b, x, y):
-            return criterion(functional_call(base, (p, b), (x,)), y)
-
-        f = vmap(grad_and_value(loss), in_dims=(0, 0, None, None))
+        f, params, buffers = floor_step(model, criterion, CHAINS, device)
         fn = torch.compile(f) if compiled else f
 
         def run():

@@ -41,6 +41,7 @@ import time
 import warnings
 
 import torch
+from bench_common import loadavg
 from torch.func import functional_call, grad_and_value, vmap
 
 from lambdahat import LLCEstimator
@@ -49,14 +50,6 @@ from lambdahat.validation import SETTINGS
 
 MODES = ("lambdahat eager", "lambdahat compiled", "lambdahat auto", "minimal eager", "minimal compiled")
 QUICK_MODES = ("lambdahat eager", "lambdahat auto", "minimal eager")
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def minimal_run(case, chains, steps, burnin, batch, lr, gamma, nbeta, seed, compiled_step=None):

@@ -51,6 +51,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from bench_common import loadavg
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -180,14 +181,6 @@ def fresh_process(args) -> None:
             f"{args.checkpoints / med * 60:.1f} | {(f'{med / base:.2f}x' if base else '-')} | "
             f"{info[mode]['graphs']} | {same} |"
         )
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def main() -> None:
