@@ -11,11 +11,7 @@
 #   bash benchmarks/gpu.sh               # on the CUDA machine; exits with an error when CUDA is absent
 #   bash benchmarks/gpu.sh --cpu-check   # no CUDA: tiny sizes on the CPU, to check the plumbing
 #
-# arviz: lambdahat's diagnostics import it at estimate time (src/lambdahat/diagnostics.py) and the device image
-# lacks it. When `import arviz` fails, the wheels in $WHEELS (default .device/wheels: arviz and whichever of its
-# needs the image lacks, for the image's Python, downloaded beforehand with `pip download --no-deps ...`; carry
-# the folder to the machine) are installed with pip --no-index --no-deps into /tmp/lambdahat-site, which goes on
-# PYTHONPATH after src/.
+# Nothing beyond the device image's packages is needed (lambdahat's diagnostics no longer import arviz).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -45,17 +41,6 @@ else
     echo "gpu.sh: torch sees no CUDA device here; this script is for a CUDA machine." >&2
     echo "        (bash benchmarks/gpu.sh --cpu-check runs tiny sizes on the CPU to check the script)" >&2
     exit 3
-fi
-
-if ! "$PY" -c 'import arviz' 2>/dev/null; then
-    WHEELS=${WHEELS:-.device/wheels}
-    if ! compgen -G "$WHEELS/*.whl" >/dev/null; then
-        echo "gpu.sh: arviz is not installed and $WHEELS holds no wheels (see the comment at the top)." >&2
-        exit 4
-    fi
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/lambdahat-site "$WHEELS"/*.whl
-    export PYTHONPATH="$PYTHONPATH:/tmp/lambdahat-site"
-    "$PY" -c 'import arviz; print("arviz", arviz.__version__, "from", arviz.__file__)'
 fi
 
 echo "== $(date -u +%FT%TZ) device $DEVICE, load $(cut -d' ' -f1-3 /proc/loadavg), results in $OUT_DIR"

@@ -5,7 +5,7 @@ is the same bare loop as there: ``vmap(grad_and_value(loss))`` over the chains' 
 batches, eager or ``torch.compile``d. Every measurement runs in a fresh subprocess (nothing left over from another
 one), in which, after the imports and after building the model and the data:
 
-0. a tiny ``estimate_llc`` call pays the process's first-use costs (lazy imports such as arviz), for every kind;
+0. a tiny ``estimate_llc`` call pays the process's first-use costs (lazy imports), for every kind;
 1. ``first``: one run (for the compiled kinds, compile included); peak increase over the memory in use before it;
 2. ``steady``: the peak is reset and a second run is made; peak increase over the memory in use before it.
 
@@ -61,7 +61,7 @@ def child(kind: str, workload_name: str, device: str, threads: int | None) -> di
     if threads:
         torch.set_num_threads(threads)
     warnings.simplefilter("ignore")
-    # first-use costs of the process (lazy imports such as arviz, allocator and thread-pool set-up) are paid on a
+    # first-use costs of the process (lazy imports, allocator and thread-pool set-up) are paid on a
     # tiny model before anything is measured, in every kind alike
     tiny = TensorDataset(torch.randn(64, 4), torch.randint(0, 2, (64,)))
     LLCEstimator(draws=20, chains=2, burnin_steps=5).estimate_llc(

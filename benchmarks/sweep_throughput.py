@@ -23,7 +23,7 @@ show what "auto" decides in a warm process: the plain loop's fresh model objects
 ``--fresh-process`` measures instead what a whole sweep costs *compile included* (issue 11's target for the
 default: a sweep of 40 modular-addition checkpoints with ``compile="auto"`` within 1.2x of a compiled one): every
 repeat of every mode runs ``llc_over_checkpoints`` once in a fresh Python process, timed from just before the call
-to its end (imports, arviz's included, data and checkpoints excluded), with an empty inductor cache directory of its own
+to its end (imports included, data and checkpoints excluded), with an empty inductor cache directory of its own
 (``--warm-cache`` keeps the user's cache, as a second sweep on the same machine would find it). The table gives
 the median and the ratio to the compiled mode, and whether the process compiled anything (dynamo's graph count).
 
@@ -118,7 +118,6 @@ def fresh_process_child(args) -> dict:
     factory, loader, checkpoints, hp = make_setup(args.model, args.checkpoints)
     est = LLCEstimator(draws=args.draws, chains=args.chains, burnin_steps=args.burnin_steps, **hp)
     compile_ = {"eager": False, "compiled": True, "auto": "auto"}[args.child]
-    import arviz  # noqa: F401  (imported by the first diagnostics otherwise: a first-use cost, not the sweep's)
 
     start = time.perf_counter()
     df = llc_over_checkpoints(
