@@ -53,3 +53,14 @@ def test_minimal_loop_quick(tmp_path):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 def test_gpu_sh_parses():
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
+
+
+@pytest.mark.slow
+def test_first_call_one_workload(tmp_path):
+    proc = _run(
+        [str(BENCH / "first_call.py"), "--repeats", "1", "--workloads", "modadd", "--threads", "1"], tmp_path
+    )
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| modadd |")]
+    assert len(rows) == 1
+    floor, estimator, ratio = (float(v) for v in rows[0].split("|")[2:5])
+    assert floor > 0 and estimator > 0 and ratio == pytest.approx(estimator / floor, abs=0.01)
