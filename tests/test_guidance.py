@@ -17,6 +17,7 @@ from lambdahat.guidance import (
     nbeta_advice,
     relaxation_advice,
     relaxations,
+    thermostat_advice,
 )
 
 
@@ -70,6 +71,21 @@ def test_advise_reads_a_result_and_its_calibration():
     assert "nβ = 50" in texts[2]
     # RMSProp-SGLD rescales the step per coordinate: no relaxation check; an explicit h overrides the calibration's
     assert advise(_result(sampler="rmsprop_sgld"), hessian_top=100.0) == []
+
+
+def test_thermostat_advice_asks_for_tens_of_sgnht_time_units():
+    text = thermostat_advice(1.25e-5, 300)  # 300 √1.25e-5 = 1.06 time units
+    assert (
+        "B√ε = 1.1 time units" in text
+        and f"raise burnin_steps to {math.ceil(30 / math.sqrt(1.25e-5))}" in text
+    )
+    assert thermostat_advice(1e-4, 3000) is None  # exactly MIN_THERMOSTAT_TIME
+    assert thermostat_advice(1e-4, 2999) is not None
+    # advise adds it for SGNHT only (R = 1e-4 · 100 · 3000 / 2 = 15: no relaxation warning)
+    assert advise(_result(burnin_steps=3000, sampler="sgnht")) == []
+    texts = advise(_result(burnin_steps=500, sampler="sgnht"))
+    assert len(texts) == 1 and texts[0].startswith("sgnht: the burn-in lasts B√ε = 5 time units")
+    assert advise(_result(burnin_steps=500)) == []
 
 
 def test_doctests():

@@ -11,6 +11,11 @@ quadratic of curvature κ), momentum ``p`` and one thermostat ``ξ`` per chain:
 
 The thermostat absorbs the unknown gradient-noise heat so that ``w`` samples ``exp(-U)``. ``A`` is the injected
 diffusion (``diffusion``), ``ξ`` starts at ``A``. MALA acceptance is not defined for it (reported as NaN).
+
+A step lasts ``h = √ε`` time units, and the thermostat takes tens of them to settle: burn in for at least
+``30 / √ε`` steps (:data:`lambdahat.guidance.MIN_THERMOSTAT_TIME`). Shorter, the chains run hot and λ̂ reads high
+(on a regular model with λ = 5: 6.37 after 1.1 time units of burn-in, 5.38 after 2.1, 4.99 after 35), which is
+what made SGNHT read well above SGLD at SGLD's burn-in.
 """
 
 from __future__ import annotations
