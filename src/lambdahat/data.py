@@ -134,8 +134,12 @@ def _sampler_order(sampler: Any) -> torch.Tensor:
             generator = torch.Generator()
             generator.manual_seed(seed)
         parts = [torch.randperm(n, generator=generator) for _ in range(total // n)]
-        parts.append(torch.randperm(n, generator=generator)[: total % n])
-        return torch.cat(parts)
+        # RandomSampler draws this one even when none of it is used; the generator is reset after the pass anyway
+        if total % n:
+            parts.append(torch.randperm(n, generator=generator)[: total % n])
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
     return torch.as_tensor(list(sampler), dtype=torch.int64)
 
 
