@@ -169,3 +169,26 @@ def test_load_checkpoint_returns_a_plain_dict(tmp_path):
     torch.save({"state_dict": sd}, tmp_path / "a.ckpt")
     loaded = load_checkpoint(tmp_path / "a.ckpt")
     assert set(loaded) == {"weight", "bias"} and torch.equal(loaded["weight"], sd["weight"])
+
+
+def _half_squared_error(model, batch):
+    """A per-sample loss of its own (not mse_loss): ½ Σ (f(x) − y)² per sample."""
+    x, y = batch
+    return 0.5 * (model(x) - y).pow(2).sum(-1)
+
+
+def test_loss_fn_is_the_estimators(tmp_path, loader, estimator):
+    sds = sf.state_dicts(2)
+    run = {k: v for k, v in sf.RUN.items() if k != "criterion_fn"}
+    df = llc_over_checkpoints(
+        sds, sf.linear_model, loader, estimator, loss_fn=_half_squared_error, out_dir=tmp_path, **run
+    )
+    plain = llc_over_checkpoints(sds, sf.linear_model, loader, estimator, **sf.RUN)
+    for i, sd in enumerate(sds):
+        m = sf.linear_model()
+        m.load_state_dict(sd)
+        res = estimator.run(m, loader, warn=False, loss_fn=_half_squared_error, **run)
+        assert df.llc_mean.iloc[i] == res.llc_mean and df.init_loss.iloc[i] == res.init_loss
+        assert df.init_loss.iloc[i] != plain.init_loss.iloc[i]  # the loss_fn was used, not the criterion
+    stored = json.loads((tmp_path / "sweep.json").read_text())
+    assert stored["config"]["loss_fn"].endswith("_half_squared_error")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import warnings
@@ -175,6 +176,29 @@ def test_table_columns_shape_and_values(model, loader):
         res = est.run(model, loader, warn=False, **sf.RUN)
         assert row.llc_mean == res.llc_mean and row.llc_std == res.llc_std
         assert row.init_loss == res.init_loss and row.rhat == res.rhat
+
+
+def _half_squared_error(model, batch):
+    """A per-sample loss of its own (not mse_loss): ½ Σ (f(x) − y)² per sample."""
+    x, y = batch
+    return 0.5 * (model(x) - y).pow(2).sum(-1)
+
+
+def test_loss_fn_is_the_estimators(model, loader, tmp_path):
+    cfg = GridSearchConfig(learning_rate=[1e-4, 1e-3], localization=10.0, nbeta=20.0, **sf.FAST)
+    run = {k: v for k, v in sf.RUN.items() if k != "criterion_fn"}
+    df = LLCGridSearch(cfg).run_grid_search(
+        model, loader, loss_fn=_half_squared_error, out_dir=tmp_path, **run
+    )
+    plain = LLCGridSearch(cfg).run_grid_search(model, loader, **sf.RUN)
+    assert df["init_loss"].iloc[0] != plain["init_loss"].iloc[0]  # the loss_fn was used, not the criterion
+    for _, row in df.iterrows():
+        est = LLCEstimator(learning_rate=row.learning_rate, localization=10.0, nbeta=20.0, **sf.FAST)
+        res = est.run(model, loader, warn=False, loss_fn=_half_squared_error, **run)
+        assert row.llc_mean == res.llc_mean and row.init_loss == res.init_loss
+    assert json.loads((tmp_path / "sweep.json").read_text())["config"]["loss_fn"].endswith(
+        "_half_squared_error"
+    )
 
 
 def test_init_loss_is_computed_once(model, loader, monkeypatch):

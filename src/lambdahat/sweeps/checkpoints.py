@@ -173,6 +173,7 @@ def llc_over_checkpoints(
     show_progress: bool = True,
     params: Any = None,
     *,
+    loss_fn: Callable | None = None,
     executor: str = "local",
     address: str | None = None,
     out_dir: str | os.PathLike[str] | None = None,
@@ -203,8 +204,9 @@ def llc_over_checkpoints(
     estimator:
         The settings of every checkpoint: an :class:`~lambdahat.LLCConfig`, or an :class:`~lambdahat.LLCEstimator`
         (its ``config``; the estimator is not modified). Recorded in ``sweep.json`` as ``config.estimator``.
-    criterion_fn, unpack_fn, devices, chain_batch, compile, params:
-        As in :meth:`~lambdahat.LLCEstimator.estimate_llc`.
+    criterion_fn, unpack_fn, devices, chain_batch, compile, params, loss_fn:
+        As in :meth:`~lambdahat.LLCEstimator.estimate_llc` (``loss_fn(model, batch)`` returning per-sample or
+        per-token losses replaces ``criterion_fn`` and ``unpack_fn``).
     seed:
         Master seed, the same for every checkpoint; ``None`` draws one (or reuses the stored one when resuming).
     show_progress:
@@ -277,6 +279,7 @@ def llc_over_checkpoints(
         "seed": seed,
         "compile": compile,
         "params": params,
+        "loss_fn": loss_fn,
     }
     config = {
         "estimator": estimator.to_dict(),
@@ -287,6 +290,8 @@ def llc_over_checkpoints(
         "seed": seed,
         "criterion_fn": callable_name(criterion_fn),
         "unpack_fn": callable_name(unpack_fn),
+        # only when given, so that sweeps stored before loss_fn was an option still resume
+        **({"loss_fn": callable_name(loss_fn)} if loss_fn is not None else {}),
         "params": params_spec(params),
         "model": {"class": callable_name(type(model)), "model_fn": callable_name(model_fn)},
         "data": data_spec(loader),

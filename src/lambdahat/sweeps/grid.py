@@ -390,6 +390,7 @@ class LLCGridSearch:
         show_progress: bool = True,
         params: Any = None,
         *,
+        loss_fn: Callable | None = None,
         executor: str = "local",
         address: str | None = None,
         out_dir: str | None = None,
@@ -404,8 +405,9 @@ class LLCGridSearch:
 
         Parameters
         ----------
-        model, loader, criterion_fn, unpack_fn, devices, chain_batch, compile, params:
-            As in :meth:`~lambdahat.LLCEstimator.estimate_llc`; used by every point.
+        model, loader, criterion_fn, unpack_fn, devices, chain_batch, compile, params, loss_fn:
+            As in :meth:`~lambdahat.LLCEstimator.estimate_llc`; used by every point (``loss_fn(model, batch)``
+            returning per-sample or per-token losses replaces ``criterion_fn`` and ``unpack_fn``).
         seed:
             Master seed, the same at every point. ``None`` draws one (or, when resuming, reuses the stored one);
             it is in the ``seed`` column.
@@ -470,6 +472,7 @@ class LLCGridSearch:
             "seed": seed,
             "compile": compile,
             "params": params,
+            "loss_fn": loss_fn,
         }
         config = {
             "grid": cfg.to_dict(),
@@ -477,6 +480,8 @@ class LLCGridSearch:
             "seed": seed,
             "criterion_fn": callable_name(criterion_fn),
             "unpack_fn": callable_name(unpack_fn),
+            # only when given, so that sweeps stored before loss_fn was an option still resume
+            **({"loss_fn": callable_name(loss_fn)} if loss_fn is not None else {}),
             "params": params_spec(params),
             "model": {"class": callable_name(type(model)), "fingerprint": fingerprint(model.state_dict())},
             "data": data_spec(loader),
