@@ -92,3 +92,47 @@ def test_batches_of_varying_shapes_compile_with_dynamic_shapes(tmp_path, monkeyp
     sampler = LLCConfig().build_sampler()
     assert chains.compiled_before(chains.compile_kind(fm, sampler, 1, static_shapes=False)) is not None
     assert chains.compiled_before(chains.compile_kind(fm, sampler, 1, static_shapes=True)) is None
+
+
+def _recording_compile(graphs: list):
+    """``torch.compile`` with a backend that notes, for every graph dynamo captures, whether it has symbolic
+    (dynamic) shapes, and runs it as captured (no inductor: the test is about what dynamo traced)."""
+    real_compile = torch.compile
+
+    def backend(gm, example_inputs):
+        values = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+        symbolic = any(isinstance(v, torch.SymInt) for v in values) or any(
+            isinstance(v, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in v.shape) for v in values
+        )
+        graphs.append(symbolic)
+        return gm.forward
+
+    def compile_(fn, **options):
+        return real_compile(fn, backend=backend, **options)
+
+    return compile_
+
+
+def test_a_static_step_compiles_every_new_shape_as_a_static_graph(monkeypatch):
+    """TensorDataset batches of 32, 32, 32 and 4 rows and chain batches of 2 and 1 chains: each new shape is a
+    graph of its own with static shapes, not torch's automatic dynamic-shape graph, although the calls that meet a
+    known shape run without switching dynamo's settings (what ``dynamic=False`` does on every call)."""
+    if chains.STATIC_COMPILES is None:
+        pytest.skip("this torch lacks the settings; compile_step uses dynamic=False")
+    graphs: list[bool] = []
+    monkeypatch.setattr(torch, "compile", _recording_compile(graphs))
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(100, 4, generator=g), torch.randint(0, 3, (100,), generator=g))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    est = LLCEstimator(draws=8, chains=3, burnin_steps=2, learning_rate=1e-3, localization=10.0, nbeta=20.0)
+    est.estimate_llc(
+        model,
+        DataLoader(data, batch_size=32, shuffle=True),
+        criterion_fn=F.cross_entropy,
+        seed=0,
+        compile=True,
+        chain_batch=2,
+        show_progress=False,
+    )
+    assert est.get_metrics()["compiled"] is True
+    assert len(graphs) >= 3 and not any(graphs)  # (32 rows, 2 chains), (4, 2), (32, 1), ...

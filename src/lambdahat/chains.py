@@ -41,6 +41,7 @@ from .samplers import Context, Hyper, Info, Sampler
 __all__ = [
     "CHUNK_STEPS",
     "COMPILE_SECONDS_GUESS",
+    "STATIC_COMPILES",
     "Schedule",
     "StepFunction",
     "StepNoise",
@@ -240,24 +241,52 @@ class StepNoise:
 RECOMPILE_LIMIT = 64
 
 
-def compile_step(fn: Callable, static_shapes: bool) -> Callable:
-    """``torch.compile(fn)``, with static graphs when the batch shapes are known to stay fixed.
+def _static_compiles_context() -> Callable[[], contextlib.AbstractContextManager] | None:
+    """A context under which dynamo compiles static graphs (no automatic dynamic shapes), or ``None`` where this
+    torch lacks the two settings (then :func:`compile_step` uses ``dynamic=False``)."""
+    try:
+        from torch._dynamo import config
+    except Exception:  # no dynamo
+        return None
+    if not all(
+        hasattr(config, name) for name in ("automatic_dynamic_shapes", "assume_static_by_default", "patch")
+    ):
+        return None
+    return lambda: config.patch(automatic_dynamic_shapes=False, assume_static_by_default=True)
 
-    ``static_shapes`` (batches from a TensorDataset: one shape, and a pass's last): ``dynamic=False``, every batch
-    shape and model gets its own static graph, never the slower dynamic-shape graph that torch's automatic dynamic
-    shapes build when the same function meets a second model in one process (a deep linear network's first chunk
-    took 117 s to compile after two other models had run). Fresh model objects of one architecture still share a
-    graph (a checkpoint sweep compiles once). With many models in one process the entries add up, so the limit
-    past which torch would silently run the step eagerly is raised to :data:`RECOMPILE_LIMIT` where torch (≥ 2.13)
-    takes a limit per compiled function. Otherwise (batches whose shapes may vary, e.g. token sequences padded to
-    the longest of each batch) torch's automatic dynamic shapes, so that a new length does not mean a new compile.
+
+#: See :func:`_static_compiles_context`.
+STATIC_COMPILES = _static_compiles_context()
+
+
+def compile_step(fn: Callable, static_shapes: bool) -> Callable:
+    """``torch.compile(fn)``, to be called under :data:`STATIC_COMPILES` when the batch shapes are known to stay
+    fixed.
+
+    ``static_shapes`` (batches from a TensorDataset: one shape, and a pass's last): every batch shape and model gets
+    its own static graph, never the slower dynamic-shape graph that torch's automatic dynamic shapes build when the
+    same function meets a second shape in one process (a deep linear network's first chunk took 117 s to compile
+    after two other models had run). :class:`StepFunction` makes every call that may compile (a shape it has not
+    seen) under :data:`STATIC_COMPILES`, and the others without it: ``torch.compile(dynamic=False)`` does the same
+    by switching dynamo's settings on every call, which cost 22-36 µs per step (measured on a model of 10
+    parameters, whose whole step takes 145-170 µs). Where torch lacks those settings, ``dynamic=False``. Fresh model
+    objects of one architecture still share a graph (a checkpoint sweep compiles once). With many models in one
+    process the entries add up, so the limit past which torch would silently run the step eagerly is raised to
+    :data:`RECOMPILE_LIMIT` where torch (≥ 2.13) takes a limit per compiled function (this costs nothing per call).
+    Otherwise (batches whose shapes may vary, e.g. token sequences padded to the longest of each batch) torch's
+    automatic dynamic shapes, so that a new length does not mean a new compile.
     """
     if not static_shapes:
         return torch.compile(fn)
-    options: dict[str, object] = {"dynamic": False}
+    options: dict[str, object] = {} if STATIC_COMPILES is not None else {"dynamic": False}
     if "recompile_limit" in inspect.signature(torch.compile).parameters:
         options["recompile_limit"] = RECOMPILE_LIMIT
     return torch.compile(fn, **options)
+
+
+def _shape_key(state, x, y) -> tuple:
+    """What decides whether a static step needs another graph: the chains' state shape and the batch's shapes."""
+    return (tuple(state.theta.shape), _shapes(x), _shapes(y))
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -295,6 +324,9 @@ class StepFunction:
         self._cache = _COMPILED.setdefault(model_key, {}) if model_key is not None else {}
         self._signature = signature
         self._chunk_first = True
+        # static graphs: the shapes met so far; a call with another one may compile, so it runs under STATIC_COMPILES
+        self._static = static_shapes and STATIC_COMPILES is not None
+        self._seen: set[tuple] = set()
         if compiled:
             self.compiled_fn = self._cache.get(signature)
             if self.compiled_fn is not None:
@@ -324,7 +356,7 @@ class StepFunction:
         if self.chunk_fn is None or self.compiled_fn is None:
             return None
         first = self._chunk_first
-        with _COMPILE_LOCK if first else contextlib.nullcontext():
+        with _COMPILE_LOCK if first else contextlib.nullcontext(), self._compiling(state, xs, ys):
             start = time.perf_counter()
             try:
                 out = self.chunk_fn(state, frozen, buffers, xs, ys, noise.in_graph(), hyper, ctx)
@@ -340,6 +372,14 @@ class StepFunction:
             record_compile(self.kind, self.compile_seconds)
         return out
 
+    def _compiling(self, state, x, y) -> contextlib.AbstractContextManager:
+        """The context of a call that may compile: :data:`STATIC_COMPILES` for a static step (whose shapes are then
+        remembered), nothing otherwise."""
+        if not self._static:
+            return contextlib.nullcontext()
+        self._seen.add(_shape_key(state, x, y))
+        return STATIC_COMPILES()
+
     def eager_step(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
         """One eager step (the same numbers as a compiled one, up to rounding)."""
         return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
@@ -349,8 +389,11 @@ class StepFunction:
         if self.compiled_fn is None:
             return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
         if not self.first_call:
+            if self._static and _shape_key(state, x, y) not in self._seen:
+                with self._compiling(state, x, y):
+                    return self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
             return self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
-        with _COMPILE_LOCK:
+        with _COMPILE_LOCK, self._compiling(state, x, y):
             start = time.perf_counter()
             try:
                 out = self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
