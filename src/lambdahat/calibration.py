@@ -112,10 +112,9 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -123,6 +122,9 @@ from . import diagnostics
 from .config import LLCConfig
 from .functional import FunctionalModel
 from .guidance import MIN_RELAXATIONS, localization_advice, nbeta_advice, relaxation_advice, relaxations
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: it takes 0.3 s, which a run without calibration
+    import pandas as pd  # does not need
 from .problem import Problem, prepare, run_chains
 from .result import LLCResult
 from .rng import resolve_seed
@@ -213,7 +215,11 @@ class CalibrationError(RuntimeError):
 
     def __init__(self, message: str, table: pd.DataFrame | None = None) -> None:
         super().__init__(message)
-        self.table = table if table is not None else pd.DataFrame(columns=_COLUMNS)
+        if table is None:
+            import pandas as pd
+
+            table = pd.DataFrame(columns=_COLUMNS)
+        self.table = table
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -291,6 +297,7 @@ class Calibration:
         Examples
         --------
         >>> import json
+        >>> import pandas as pd
         >>> s = Calibration(1e-3, 10.0, pd.DataFrame(columns=_COLUMNS), "by hand", 0).summary()
         >>> s["learning_rate"], s["curvature"], s["pilots"]
         (0.001, None, [])
@@ -320,6 +327,7 @@ def calibrated_estimator(estimator: Any, calibration: Calibration) -> Any:
 
     Examples
     --------
+    >>> import pandas as pd
     >>> from lambdahat import LLCEstimator
     >>> cal = Calibration(1e-3, 10.0, pd.DataFrame(), "by hand", 0)
     >>> est = calibrated_estimator(LLCEstimator(draws=50), cal)
@@ -547,6 +555,8 @@ class _Pilots:
         )
 
     def table(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.rows, columns=_COLUMNS)
 
 

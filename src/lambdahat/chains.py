@@ -17,6 +17,7 @@ copied to the host once, at the end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import os
@@ -41,7 +42,6 @@ from .samplers import Context, Hyper, Info, Sampler
 __all__ = [
     "CHUNK_STEPS",
     "COMPILE_SECONDS_GUESS",
-    "STATIC_COMPILES",
     "Schedule",
     "StepFunction",
     "StepNoise",
@@ -53,6 +53,7 @@ __all__ = [
     "compiled_step_available",
     "make_step",
     "run_chain_batch",
+    "static_compiles",
 ]
 
 #: What a first ``torch.compile`` of the step is assumed to cost when deciding whether compiling pays
@@ -241,9 +242,11 @@ class StepNoise:
 RECOMPILE_LIMIT = 64
 
 
-def _static_compiles_context() -> Callable[[], contextlib.AbstractContextManager] | None:
+@functools.cache
+def static_compiles() -> Callable[[], contextlib.AbstractContextManager] | None:
     """A context under which dynamo compiles static graphs (no automatic dynamic shapes), or ``None`` where this
-    torch lacks the two settings (then :func:`compile_step` uses ``dynamic=False``)."""
+    torch lacks the two settings (then :func:`compile_step` uses ``dynamic=False``). Looked up on first use, so
+    that ``import lambdahat`` does not import dynamo (about a second; a run's first vmapped step imports it)."""
     try:
         from torch._dynamo import config
     except Exception:  # no dynamo
@@ -255,19 +258,15 @@ def _static_compiles_context() -> Callable[[], contextlib.AbstractContextManager
     return lambda: config.patch(automatic_dynamic_shapes=False, assume_static_by_default=True)
 
 
-#: See :func:`_static_compiles_context`.
-STATIC_COMPILES = _static_compiles_context()
-
-
 def compile_step(fn: Callable, static_shapes: bool) -> Callable:
-    """``torch.compile(fn)``, to be called under :data:`STATIC_COMPILES` when the batch shapes are known to stay
+    """``torch.compile(fn)``, to be called under :func:`static_compiles` when the batch shapes are known to stay
     fixed.
 
     ``static_shapes`` (batches from a TensorDataset: one shape, and a pass's last): every batch shape and model gets
     its own static graph, never the slower dynamic-shape graph that torch's automatic dynamic shapes build when the
     same function meets a second shape in one process (a deep linear network's first chunk took 117 s to compile
     after two other models had run). :class:`StepFunction` makes every call that may compile (a shape it has not
-    seen) under :data:`STATIC_COMPILES`, and the others without it: ``torch.compile(dynamic=False)`` does the same
+    seen) under :func:`static_compiles`, and the others without it: ``torch.compile(dynamic=False)`` does the same
     by switching dynamo's settings on every call, which cost 22-36 µs per step (measured on a model of 10
     parameters, whose whole step takes 145-170 µs). Where torch lacks those settings, ``dynamic=False``. Fresh model
     objects of one architecture still share a graph (a checkpoint sweep compiles once). With many models in one
@@ -278,7 +277,7 @@ def compile_step(fn: Callable, static_shapes: bool) -> Callable:
     """
     if not static_shapes:
         return torch.compile(fn)
-    options: dict[str, object] = {} if STATIC_COMPILES is not None else {"dynamic": False}
+    options: dict[str, object] = {} if static_compiles() is not None else {"dynamic": False}
     if "recompile_limit" in inspect.signature(torch.compile).parameters:
         options["recompile_limit"] = RECOMPILE_LIMIT
     return torch.compile(fn, **options)
@@ -324,8 +323,8 @@ class StepFunction:
         self._cache = _COMPILED.setdefault(model_key, {}) if model_key is not None else {}
         self._signature = signature
         self._chunk_first = True
-        # static graphs: the shapes met so far; a call with another one may compile, so it runs under STATIC_COMPILES
-        self._static = static_shapes and STATIC_COMPILES is not None
+        # static graphs: the shapes met so far; a call with another one may compile, so it runs under static_compiles()
+        self._static = compiled and static_shapes and static_compiles() is not None
         self._seen: set[tuple] = set()
         if compiled:
             self.compiled_fn = self._cache.get(signature)
@@ -373,12 +372,12 @@ class StepFunction:
         return out
 
     def _compiling(self, state, x, y) -> contextlib.AbstractContextManager:
-        """The context of a call that may compile: :data:`STATIC_COMPILES` for a static step (whose shapes are then
+        """The context of a call that may compile: :func:`static_compiles` for a static step (whose shapes are then
         remembered), nothing otherwise."""
         if not self._static:
             return contextlib.nullcontext()
         self._seen.add(_shape_key(state, x, y))
-        return STATIC_COMPILES()
+        return static_compiles()()
 
     def eager_step(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
         """One eager step (the same numbers as a compiled one, up to rounding)."""
