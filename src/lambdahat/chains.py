@@ -355,7 +355,11 @@ class StepFunction:
         if self.chunk_fn is None or self.compiled_fn is None:
             return None
         first = self._chunk_first
-        with _COMPILE_LOCK if first else contextlib.nullcontext(), self._compiling(state, xs, ys):
+        may_compile = first or (self._static and _shape_key(state, xs, ys) not in self._seen)
+        with (
+            _COMPILE_LOCK if first else contextlib.nullcontext(),
+            self._compiling(state, xs, ys) if may_compile else contextlib.nullcontext(),
+        ):
             start = time.perf_counter()
             try:
                 out = self.chunk_fn(state, frozen, buffers, xs, ys, noise.in_graph(), hyper, ctx)
