@@ -136,3 +136,21 @@ def test_a_static_step_compiles_every_new_shape_as_a_static_graph(monkeypatch):
     )
     assert est.get_metrics()["compiled"] is True
     assert len(graphs) >= 3 and not any(graphs)  # (32 rows, 2 chains), (4, 2), (32, 1), ...
+
+
+def test_the_compile_record_is_read_once_until_it_changes(tmp_path, monkeypatch):
+    """A run asks the record for several kinds (chunk, step) and a sweep at every point: the file is read again
+    only when it has changed, and a recorded compile is seen at once."""
+    monkeypatch.setattr(chains, "_record_file", lambda: str(tmp_path / "compiles.json"))
+    assert chains.compiled_before("a") is None  # no file yet
+    chains.record_compile("a", 1.0)
+    loads = []
+    real_load = chains.json.load
+    monkeypatch.setattr(chains.json, "load", lambda f: loads.append(1) or real_load(f))
+    assert [chains.compiled_before(k) for k in ("a", "b", "a")] == [1.0, None, 1.0]
+    assert len(loads) == 1
+    chains.record_compile(
+        "b", 2.5
+    )  # reads the file afresh (another process may have written it), then writes it
+    assert chains.compiled_before("b") == 2.5 and chains.compiled_before("a") == 1.0
+    assert len(loads) == 3

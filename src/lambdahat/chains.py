@@ -355,11 +355,7 @@ class StepFunction:
         if self.chunk_fn is None or self.compiled_fn is None:
             return None
         first = self._chunk_first
-        may_compile = first or (self._static and _shape_key(state, xs, ys) not in self._seen)
-        with (
-            _COMPILE_LOCK if first else contextlib.nullcontext(),
-            self._compiling(state, xs, ys) if may_compile else contextlib.nullcontext(),
-        ):
+        with _COMPILE_LOCK if first else contextlib.nullcontext(), self._compiling(state, xs, ys, first):
             start = time.perf_counter()
             try:
                 out = self.chunk_fn(state, frozen, buffers, xs, ys, noise.in_graph(), hyper, ctx)
@@ -375,12 +371,15 @@ class StepFunction:
             record_compile(self.kind, self.compile_seconds)
         return out
 
-    def _compiling(self, state, x, y) -> contextlib.AbstractContextManager:
-        """The context of a call that may compile: :func:`static_compiles` for a static step (whose shapes are then
-        remembered), nothing otherwise."""
+    def _compiling(self, state, x, y, first: bool) -> contextlib.AbstractContextManager:
+        """:func:`static_compiles` for a call of a static step that may compile (its first, or one meeting a shape
+        not met before, which is then remembered); nothing for the others."""
         if not self._static:
             return contextlib.nullcontext()
-        self._seen.add(_shape_key(state, x, y))
+        key = _shape_key(state, x, y)
+        if not first and key in self._seen:
+            return contextlib.nullcontext()
+        self._seen.add(key)
         return static_compiles()()
 
     def eager_step(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
@@ -392,11 +391,9 @@ class StepFunction:
         if self.compiled_fn is None:
             return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
         if not self.first_call:
-            if self._static and _shape_key(state, x, y) not in self._seen:
-                with self._compiling(state, x, y):
-                    return self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
-            return self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
-        with _COMPILE_LOCK, self._compiling(state, x, y):
+            with self._compiling(state, x, y, first=False):
+                return self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
+        with _COMPILE_LOCK, self._compiling(state, x, y, first=True):
             start = time.perf_counter()
             try:
                 out = self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
@@ -694,16 +691,35 @@ def compile_kind(fm: FunctionalModel, sampler: Sampler, chunk_steps: int, static
     )  # fmt: skip
 
 
+# (path, modification time, size) -> the record as read then: a run asks for several kinds, a sweep for every point
+_RECORD_READ: dict[tuple, dict] = {}
+
+
+def _read_record(path: str, fresh: bool = False) -> dict:
+    """The compile record at ``path`` (``{}`` when missing or unreadable), read again only when the file changed
+    since the last read (or with ``fresh``)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return {}
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if not fresh and key in _RECORD_READ:
+        return _RECORD_READ[key]
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    _RECORD_READ.clear()
+    _RECORD_READ[key] = record
+    return record
+
+
 def compiled_before(kind: str) -> float | None:
     """Seconds of the last recorded compile of a step of this kind on this machine, or ``None``."""
     path = _record_file()
-    if path is None:
-        return None
-    try:
-        with open(path) as f:
-            value = json.load(f).get(kind)
-    except (OSError, ValueError, AttributeError):
-        return None
+    value = None if path is None else _read_record(path).get(kind)
     return float(value) if isinstance(value, int | float) else None
 
 
@@ -714,14 +730,7 @@ def record_compile(kind: str, seconds: float) -> None:
         return
     with _RECORD_LOCK:
         try:
-            try:
-                with open(path) as f:
-                    record = json.load(f)
-            except (OSError, ValueError):
-                record = {}
-            if not isinstance(record, dict):
-                record = {}
-            record[kind] = round(float(seconds), 3)
+            record = {**_read_record(path, fresh=True), kind: round(float(seconds), 3)}
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"
             with open(tmp, "w") as f:
