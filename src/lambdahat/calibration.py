@@ -122,14 +122,14 @@ from . import diagnostics
 from .config import LLCConfig
 from .functional import FunctionalModel
 from .guidance import MIN_RELAXATIONS, localization_advice, nbeta_advice, relaxation_advice, relaxations
-
-if TYPE_CHECKING:  # pandas is imported where a table is made: it takes 0.3 s, which a run without calibration
-    import pandas as pd  # does not need
 from .problem import Problem, prepare, run_chains
 from .result import LLCResult
 from .rng import resolve_seed
 from .samplers.base import project
 from .trust import MAX_TEMPERATURE_ERROR, MIN_ACCEPTANCE, TEMPERATURE_Z
+
+if TYPE_CHECKING:  # imported where a table is made: 0.3 s, which a run without calibration does not need
+    import pandas as pd
 
 __all__ = [
     "LR_MAX",
