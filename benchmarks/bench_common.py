@@ -4,6 +4,8 @@ import path). ``loadavg`` does not import torch, so a parent process that measur
 
 from __future__ import annotations
 
+import argparse
+
 
 def loadavg() -> str:
     """The 1-, 5- and 15-minute load averages of ``/proc/loadavg`` ("n/a" where there is none)."""
@@ -12,6 +14,16 @@ def loadavg() -> str:
             return " ".join(f.read().split()[:3])
     except OSError:
         return "n/a"
+
+
+def workload_parser(doc: str, workloads: str = "mlp,modadd,dln,transformer") -> argparse.ArgumentParser:
+    """The options of the scripts that measure estimator_speed's workloads: ``--workloads`` (comma-separated),
+    ``--repeats`` and ``--threads`` (torch's intra-op threads); ``doc`` is the script's docstring."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", default=workloads)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return parser
 
 
 def floor_step(model, criterion, chains: int, device="cpu"):

@@ -29,7 +29,6 @@ Peak memory: ``benchmarks/memory.py``.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import statistics
@@ -39,7 +38,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from bench_common import floor_step, loadavg
+from bench_common import floor_step, loadavg, workload_parser
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -187,12 +186,7 @@ HEADER = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workloads", default="mlp,modadd,dln,transformer")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser = workload_parser(__doc__)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-oneoff", action="store_true", help="skip the one-off (fresh model) calls")
     args = parser.parse_args()

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from bench_common import loadavg
+from bench_common import loadavg, workload_parser
 
 KINDS = ("floor", "estimator")
 
@@ -75,12 +75,7 @@ def child(kind: str, name: str, threads: int | None) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workloads", default="mlp,modadd,dln,transformer")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser = workload_parser(__doc__)
     parser.add_argument("--child", nargs=2, metavar=("KIND", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

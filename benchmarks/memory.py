@@ -36,7 +36,7 @@ import subprocess
 import sys
 import warnings
 
-from bench_common import floor_step, loadavg
+from bench_common import floor_step, loadavg, workload_parser
 
 KINDS = ("floor_eager", "est_eager", "floor_compiled", "est_compiled")
 
@@ -132,14 +132,9 @@ def child(kind: str, workload_name: str, device: str, threads: int | None) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--workloads", default="transformer")
+    parser = workload_parser(__doc__, workloads="transformer")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
