@@ -36,8 +36,9 @@ from torch.utils._pytree import tree_map
 from .config import Schedule
 from .data import DataFeed
 from .functional import FunctionalModel
-from .rng import ChainNoise, chain_keys, gaussian, gaussian_eager, noise_block_steps
+from .rng import START_STREAM, ChainNoise, chain_keys, gaussian, gaussian_eager, noise_block_steps
 from .samplers import Context, Hyper, Info, Sampler
+from .samplers.base import project
 
 __all__ = [
     "CHUNK_STEPS",
@@ -53,6 +54,7 @@ __all__ = [
     "compiled_step_available",
     "make_step",
     "run_chain_batch",
+    "start_positions",
     "static_compiles",
 ]
 
@@ -462,6 +464,38 @@ def _next_batch(batches, micro_batches: int):
     return xs, ys
 
 
+def start_positions(
+    w_star: torch.Tensor,
+    seed: int,
+    chains: Sequence[int],
+    scale: float = 0.0,
+    orth_u: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The starting points ``[len(chains), D]`` of the chains: ``w*``, or ``w* + scale · (I − u uᵀ) z_c`` with
+    ``z_c ~ N(0, I)`` drawn from chain ``c``'s own counter-based stream (:data:`~lambdahat.rng.START_STREAM`, so a
+    start depends on ``(seed, c)`` only, never on the chain batch).
+
+    ``scale = 1/sqrt(γ)`` gives a draw of the localizing Gaussian ``N(w*, I/γ)``: wider than the localized posterior
+    along every direction where the loss is convex, so chains started there approach ``E[L]`` from above while
+    chains started at ``w*`` approach it from below (:mod:`lambdahat.accuracy`).
+
+    Examples
+    --------
+    >>> w = torch.zeros(3)
+    >>> start_positions(w, 0, [0, 1]).abs().sum().item()
+    0.0
+    >>> a = start_positions(w, 0, [0, 1], 0.1); b = start_positions(w, 0, [1], 0.1)
+    >>> torch.equal(a[1], b[0])
+    True
+    """
+    theta = w_star.expand(len(chains), w_star.shape[-1]).contiguous()
+    if not scale:
+        return theta
+    keys = chain_keys(seed, chains, w_star.device)
+    z = gaussian(keys, torch.tensor(0, dtype=torch.int64), w_star.shape[-1], w_star.dtype, stream=START_STREAM)
+    return theta + scale * project(z, None if orth_u is None else orth_u.to(w_star.device))
+
+
 def run_chain_batch(
     step_fn: StepFunction,
     fm: FunctionalModel,
@@ -476,8 +510,10 @@ def run_chain_batch(
     observables: DataFeed | None = None,
     evaluation: EvaluationSet | None = None,
     records: np.ndarray | None = None,
+    start_scale: float = 0.0,
 ) -> ChainTrace:
-    """Run the chains ``chains`` (global indices) from ``w*`` for the whole schedule.
+    """Run the chains ``chains`` (global indices) from ``w*`` (or from :func:`start_positions` when
+    ``start_scale > 0``) for the whole schedule.
 
     With ``observables`` the recorded loss is taken on its batches (see :func:`make_step`). With ``evaluation``
     the per-sample losses of that set are recorded at every draw into ``records[chains]`` (a host array
@@ -485,7 +521,7 @@ def run_chain_batch(
     :func:`record_block_draws` draws that is copied out when full: the only host copies before the end.
     """
     n_chains, dim, steps = len(chains), fm.layout.dim, schedule.total_steps
-    state = sampler.init(fm.w_star.expand(n_chains, dim).contiguous())
+    state = sampler.init(start_positions(fm.w_star, seed, chains, start_scale, ctx.orth_u))
     noise = StepNoise(seed, chains, dim, fm.device, fm.param_dtype)
     trace = torch.empty(len(Info._fields), n_chains, steps, device=fm.device, dtype=fm.loss_dtype)
     counts = torch.empty(steps, device=fm.device, dtype=fm.loss_dtype)

@@ -70,6 +70,7 @@ class SlotJob:
     hyper: Hyper
     ctx: Context
     evaluation: EvaluationSet | None = None
+    start_scale: float = 0.0
 
 
 def run_slots(
@@ -103,6 +104,7 @@ def run_slots(
                 observables=job.observables,
                 evaluation=job.evaluation,
                 records=records,
+                start_scale=job.start_scale,
             )
         except torch.OutOfMemoryError:
             if not split_on_oom or len(chains) == 1:

@@ -444,6 +444,7 @@ def run_chains(
     settings: dict[str, Any] | None = None,
     per_sample_path: str | os.PathLike[str] | None = None,
     planned_runs: int | None = None,
+    start_scale: float = 0.0,
 ) -> LLCResult:
     """Run ``config.chains`` chains on a prepared problem.
 
@@ -476,6 +477,10 @@ def run_chains(
         How many runs like this one the caller plans (a sweep passes its number of points); with
         ``compile="auto"`` the step is compiled when the eager time of the planned work would exceed a few times
         the cost of compiling (:func:`lambdahat.chains.compile_pays`).
+    start_scale:
+        ``0``: every chain starts at ``w*``; ``s > 0``: chain ``c`` starts at ``w* + s z_c``, ``z_c ~ N(0, I)``
+        from its own stream (:func:`lambdahat.chains.start_positions`; ``s = 1/sqrt(γ)`` is a draw of the
+        localizing Gaussian, the over-dispersed start of :mod:`lambdahat.accuracy`).
     """
     if not isinstance(config, LLCConfig):
         raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
@@ -544,6 +549,7 @@ def run_chains(
             hyper=hyper_on(fm),
             ctx=ctx_on(fm),
             evaluation=None if problem.evaluation is None else problem.evaluation[slot],
+            start_scale=float(start_scale),
         )
         for slot, fm in enumerate(problem.slots)
     ]
@@ -578,6 +584,7 @@ def run_chains(
         "dim": problem.dim,
         "acceptance_kind": acceptance_kind(sampler.name, problem.full_batch),
         "calibration": None,
+        "start_scale": float(start_scale),
         **(settings or {}),
     }
     result = LLCResult.from_trace(

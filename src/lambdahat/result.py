@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -40,6 +41,44 @@ def _temperature(virial: torch.Tensor, settings: dict[str, Any]) -> tuple[float,
         return math.nan, math.nan
     stderr = float(per_chain.std() / math.sqrt(len(per_chain))) if len(per_chain) > 1 else math.nan
     return float(per_chain.mean()), stderr
+
+
+def _judge(
+    *,
+    mala: float,
+    kind: str,
+    rhat: float,
+    ess: float,
+    trend: float,
+    dist_trend: float,
+    distance: torch.Tensor,
+    temperature: float,
+    temperature_stderr: float,
+    diverged: torch.Tensor,
+    llc_mean: float,
+    settings: dict[str, Any],
+) -> trust.Verdict:
+    """The trust policy's verdict on a run's statistics (with the accuracy checks of ``settings["accuracy"]``)."""
+    ok = ~diverged
+    n_kept = int(ok.sum())
+    return trust.assess(
+        acceptance=mala,
+        acceptance_kind=kind,
+        rhat=rhat,
+        ess=ess,
+        trend_p=diagnostics.trend_p_value(trend, n_kept),
+        trend_z=trend,
+        distance_trend_p=diagnostics.trend_p_value(dist_trend, n_kept),
+        distance_trend_z=dist_trend,
+        distance_growth=diagnostics.half_growth(distance[ok].numpy()),
+        temperature=temperature,
+        temperature_stderr=temperature_stderr,
+        diverged=torch.nonzero(diverged).flatten().tolist(),
+        chains=len(diverged),
+        llc_mean=llc_mean,
+        sampler=settings.get("sampler"),
+        accuracy=settings.get("accuracy") or {},
+    )
 
 
 @dataclass(frozen=True)
@@ -178,7 +217,6 @@ class LLCResult:
         distance = fields["distance"][:, draw_steps]
         diverged, div_step = diagnostics.divergence(fields["loss"], init_loss)
         ok = ~diverged
-        n_kept = int(ok.sum())
         kept = llcs[ok]
         llc_mean = float(kept.mean()) if len(kept) else math.nan
         llc_std = float(kept.std()) if len(kept) > 1 else (0.0 if len(kept) == 1 else math.nan)
@@ -191,22 +229,19 @@ class LLCResult:
         temperature, temperature_stderr = _temperature(fields["virial"][:, draw_steps][ok], settings)
         sampler = settings.get("sampler")
         kind = settings.get("acceptance_kind") or trust.acceptance_kind(sampler)
-        verdict = trust.assess(
-            acceptance=mala,
-            acceptance_kind=kind,
+        verdict = _judge(
+            mala=mala,
+            kind=kind,
             rhat=rhat,
             ess=ess,
-            trend_p=diagnostics.trend_p_value(trend, n_kept),
-            trend_z=trend,
-            distance_trend_p=diagnostics.trend_p_value(dist_trend, n_kept),
-            distance_trend_z=dist_trend,
-            distance_growth=diagnostics.half_growth(distance[ok].numpy()),
+            trend=trend,
+            dist_trend=dist_trend,
+            distance=distance,
             temperature=temperature,
             temperature_stderr=temperature_stderr,
-            diverged=torch.nonzero(diverged).flatten().tolist(),
-            chains=len(llcs),
+            diverged=diverged,
             llc_mean=llc_mean,
-            sampler=sampler,
+            settings=settings,
         )
         if warn:
             for note in verdict.advice:
@@ -243,6 +278,35 @@ class LLCResult:
             per_sample_losses=None if per_sample_losses is None else per_sample_losses.float(),
             temperature=temperature,
             temperature_stderr=temperature_stderr,
+        )
+
+    def rejudged(self, settings: dict[str, Any], warn: bool = True) -> LLCResult:
+        """This result with new ``settings`` (e.g. the accuracy checks of :func:`lambdahat.accuracy.with_accuracy`
+        in ``settings["accuracy"]``) and the trust policy's verdict made again from them."""
+        verdict = _judge(
+            mala=self.mala_acceptance,
+            kind=self.acceptance_kind,
+            rhat=self.rhat,
+            ess=self.ess,
+            trend=self.trend_z,
+            dist_trend=self.distance_trend_z,
+            distance=self.distance.double(),
+            temperature=self.temperature,
+            temperature_stderr=self.temperature_stderr,
+            diverged=self.diverged,
+            llc_mean=self.llc_mean,
+            settings=settings,
+        )
+        if warn:
+            for note in verdict.advice:
+                warnings.warn(f"estimate_llc: {note}", RuntimeWarning, stacklevel=_caller_level())
+        return dataclasses.replace(
+            self,
+            settings=dict(settings),
+            warnings=verdict.advice,
+            status=verdict.status,
+            trust_reasons=verdict.reasons,
+            trust_notes=verdict.notes,
         )
 
     @property

@@ -26,6 +26,7 @@ import torch
 
 __all__ = [
     "NOISE_STREAM",
+    "START_STREAM",
     "ChainNoise",
     "chain_key",
     "chain_keys",
@@ -38,6 +39,9 @@ __all__ = [
 
 #: The ``stream`` word of the counter used by the samplers' Langevin noise (other words are free for other uses).
 NOISE_STREAM = 0
+#: The ``stream`` word of the over-dispersed starting points (:func:`lambdahat.chains.start_positions`), so a start
+#: never reuses a number of the Langevin noise.
+START_STREAM = 1
 
 _MASK = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox4x32 multipliers
