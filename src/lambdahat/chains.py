@@ -20,6 +20,7 @@ import contextlib
 import functools
 import inspect
 import json
+import math
 import os
 import threading
 import time
@@ -216,19 +217,40 @@ def make_recorder(fm: FunctionalModel) -> Callable:
 class StepNoise:
     """The noise of one chain batch at its current step, for an eager step (the numbers, from
     :class:`~lambdahat.rng.ChainNoise`) or a compiled one (the chains' keys and the step, from which the compiled
-    graph makes the same numbers). :meth:`advance` moves to the next step."""
+    graph makes the same numbers). :meth:`advance` moves to the next step.
 
-    def __init__(self, seed: int, chains: Sequence[int], dim: int, device: torch.device, dtype: torch.dtype):
+    With ``coarsen = k`` (eager steps only) step ``t`` receives ``(ξ_{kt} + … + ξ_{kt+k−1}) / sqrt(k)``, the
+    normalized sum of the noise of ``k`` consecutive steps of the uncoarsened chain: a chain at step ``kε`` driven by
+    it follows the same Brownian path as the chain at ε (synchronous coupling), so the difference of the two
+    estimates, the step check of :mod:`lambdahat.accuracy`, is far less noisy than that of independent runs.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        chains: Sequence[int],
+        dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        coarsen: int = 1,
+    ):
         self.step = 0
+        self.coarsen = int(coarsen)
         self._eager = ChainNoise(seed, chains, dim, device, dtype)
         self.keys = self._eager.keys
         self._device = device
         self._t: torch.Tensor | None = None
 
     def eager(self) -> torch.Tensor:
-        return self._eager.at(self.step)
+        if self.coarsen == 1:
+            return self._eager.at(self.step)
+        first = self.coarsen * self.step
+        total = sum(self._eager.at(first + j) for j in range(self.coarsen))
+        return total * (1.0 / math.sqrt(self.coarsen))
 
     def in_graph(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.coarsen != 1:
+            raise RuntimeError("StepNoise: coarsened noise is made by eager steps only (compile=False).")
         if self._t is None:
             self._t = torch.tensor(self.step, dtype=torch.int64, device=self._device)
         return self.keys, self._t
@@ -492,7 +514,9 @@ def start_positions(
     if not scale:
         return theta
     keys = chain_keys(seed, chains, w_star.device)
-    z = gaussian(keys, torch.tensor(0, dtype=torch.int64), w_star.shape[-1], w_star.dtype, stream=START_STREAM)
+    z = gaussian(
+        keys, torch.tensor(0, dtype=torch.int64), w_star.shape[-1], w_star.dtype, stream=START_STREAM
+    )
     return theta + scale * project(z, None if orth_u is None else orth_u.to(w_star.device))
 
 
@@ -511,6 +535,7 @@ def run_chain_batch(
     evaluation: EvaluationSet | None = None,
     records: np.ndarray | None = None,
     start_scale: float = 0.0,
+    noise_coarsening: int = 1,
 ) -> ChainTrace:
     """Run the chains ``chains`` (global indices) from ``w*`` (or from :func:`start_positions` when
     ``start_scale > 0``) for the whole schedule.
@@ -522,7 +547,7 @@ def run_chain_batch(
     """
     n_chains, dim, steps = len(chains), fm.layout.dim, schedule.total_steps
     state = sampler.init(start_positions(fm.w_star, seed, chains, start_scale, ctx.orth_u))
-    noise = StepNoise(seed, chains, dim, fm.device, fm.param_dtype)
+    noise = StepNoise(seed, chains, dim, fm.device, fm.param_dtype, coarsen=noise_coarsening)
     trace = torch.empty(len(Info._fields), n_chains, steps, device=fm.device, dtype=fm.loss_dtype)
     counts = torch.empty(steps, device=fm.device, dtype=fm.loss_dtype)
     batches = iter(feed)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "ACCURACY_CHECKS",
     "DTYPES",
     "MODEL_MODES",
     "SAMPLER_NAMES",
@@ -43,6 +44,8 @@ DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16", "model")
 #: statistics of each batch (the caller's running statistics are never updated).
 MODEL_MODES = ("eval", "train")
 SAMPLER_NAMES = ("sgld", "rmsprop_sgld", "sgnht")
+#: The accuracy checks of :mod:`lambdahat.accuracy` a run can make after its chains (``checks=``).
+ACCURACY_CHECKS = ("step", "localization", "start")
 #: Settings fixed by :func:`~lambdahat.prepare` (they shape the prepared model, L0 and the compiled step); the others
 #: may change between :func:`~lambdahat.sample` calls on one prepared problem.
 STRUCTURAL_FIELDS = ("dtype", "model_mode", "restrict_to_orth_grad")
@@ -112,6 +115,25 @@ def _number(name: str, value: Any, *, positive: bool) -> float:
     return float(value)
 
 
+def _checks(value: Any) -> str:
+    """``checks`` in its canonical form: ``"auto"``, ``"all"``, ``"none"`` or the chosen checks, comma-separated in
+    the order of :data:`ACCURACY_CHECKS` (a list or tuple of names is accepted)."""
+    if isinstance(value, list | tuple):
+        names = [str(v).strip() for v in value]
+    elif isinstance(value, str):
+        if value.strip().lower() in ("auto", "all", "none"):
+            return value.strip().lower()
+        names = [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        names = None
+    if names is None or not set(names) <= set(ACCURACY_CHECKS):
+        raise ValueError(
+            f"LLCConfig: checks must be 'auto', 'all', 'none' or a comma list of {', '.join(ACCURACY_CHECKS)}; "
+            f"got {value!r}."
+        )
+    return ",".join(name for name in ACCURACY_CHECKS if name in names) or "none"
+
+
 #: What each field means (used for docstrings, CLI help and the sweep-file schema).
 FIELD_HELP: dict[str, str] = {
     "draws": "draws per chain after burn-in",
@@ -130,6 +152,8 @@ FIELD_HELP: dict[str, str] = {
     "restrict_to_orth_grad": "sample in the hyperplane orthogonal to the full-batch gradient at w*",
     "model_mode": "eval (dropout off, BatchNorm running statistics) or train (dropout on, batch statistics)",
     "grad_accum_steps": "micro-batches per step: each step's gradient and loss are those of k loader batches together",
+    "checks": "accuracy checks after the run: auto (all with learning_rate=auto, none otherwise), all, none, or a "
+    "comma list of step, localization, start",
 }
 
 
@@ -180,6 +204,12 @@ class LLCConfig:
         ``k`` (default 1): every step takes ``k`` batches of the loader and uses their count-weighted mean loss and
         gradient, exactly as one batch of all of them (an effective batch ``k`` times the loader's, with the memory
         of one).
+    checks:
+        Which accuracy checks of :mod:`lambdahat.accuracy` run after the chains, each a companion run that measures
+        one bias of λ̂ directly: ``"step"`` (λ̂ at 2ε for the same sampled time), ``"localization"`` (at γ/2),
+        ``"start"`` (chains from over-dispersed starts). ``"auto"`` (default): all three when ``learning_rate`` is
+        ``"auto"``, none otherwise; ``"all"``, ``"none"``, or a comma-separated list. They cost about
+        ``0.5 + 1 + 1`` main runs and turn the trust verdict from proxies into measured biases.
 
     Examples
     --------
@@ -205,6 +235,7 @@ class LLCConfig:
     restrict_to_orth_grad: bool = False
     model_mode: str = "eval"
     grad_accum_steps: int = 1
+    checks: str = "auto"
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -244,6 +275,25 @@ class LLCConfig:
             )
         if self.model_mode not in MODEL_MODES:
             raise ValueError(f"LLCConfig: model_mode must be 'eval' or 'train'; got {self.model_mode!r}.")
+        put("checks", _checks(self.checks))
+
+    def accuracy_checks(self) -> tuple[str, ...]:
+        """The accuracy checks this config asks for (``checks="auto"``: all with ``learning_rate="auto"``).
+
+        Examples
+        --------
+        >>> LLCConfig(learning_rate="auto").accuracy_checks()
+        ('step', 'localization', 'start')
+        >>> LLCConfig(checks="start,step").accuracy_checks(), LLCConfig().accuracy_checks()
+        (('step', 'start'), ())
+        """
+        if self.checks == "auto":
+            return ACCURACY_CHECKS if self.learning_rate == "auto" else ()
+        if self.checks == "all":
+            return ACCURACY_CHECKS
+        if self.checks == "none":
+            return ()
+        return tuple(self.checks.split(","))
 
     def __hash__(self) -> int:
         data = self.to_dict()

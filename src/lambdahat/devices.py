@@ -71,6 +71,7 @@ class SlotJob:
     ctx: Context
     evaluation: EvaluationSet | None = None
     start_scale: float = 0.0
+    noise_coarsening: int = 1
 
 
 def run_slots(
@@ -105,6 +106,7 @@ def run_slots(
                 evaluation=job.evaluation,
                 records=records,
                 start_scale=job.start_scale,
+                noise_coarsening=job.noise_coarsening,
             )
         except torch.OutOfMemoryError:
             if not split_on_oom or len(chains) == 1:

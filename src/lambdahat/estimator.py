@@ -12,7 +12,6 @@ with ``config = LLCConfig(...)`` built from the constructor's arguments.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .accuracy import check_accuracy, with_accuracy
 from .calibration import calibrate_problem
 from .config import LLCConfig
 from .functional import ParamSelection
@@ -66,7 +66,8 @@ def sample(
     Returns
     -------
     LLCResult
-        With the calibration's evidence in ``settings["calibration"]`` when ε was chosen.
+        With the calibration's evidence in ``settings["calibration"]`` when ε was chosen, and the accuracy checks
+        of ``config.accuracy_checks()`` in ``settings["accuracy"]`` (judged by the trust policy).
 
     Examples
     --------
@@ -86,25 +87,31 @@ def sample(
     if not isinstance(config, LLCConfig):
         raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
     seed = resolve_seed(seed)
-    calibration = None
     if config.learning_rate == "auto":
-        calibration = calibrate_problem(
-            problem, config, seed=seed, chain_batch=chain_batch, show_progress=show_progress
-        )
-        config = config.replace(learning_rate=calibration.learning_rate)
+        return calibrate_problem(
+            problem,
+            config,
+            seed=seed,
+            chain_batch=chain_batch,
+            show_progress=show_progress,
+            warn=warn,
+            per_sample_path=per_sample_path,
+        ).result
     result = run_chains(
         problem,
         config,
         seed=seed,
         chain_batch=chain_batch,
         show_progress=show_progress,
-        warn=warn,
+        warn=warn and not config.accuracy_checks(),
         per_sample_path=per_sample_path,
         planned_runs=planned_runs,
     )
-    if calibration is not None:
-        settings = {**result.settings, "learning_rate": "auto", "calibration": calibration.summary()}
-        result = dataclasses.replace(result, settings=settings)
+    if config.accuracy_checks():
+        checks = check_accuracy(
+            problem, config, result, checks=config.accuracy_checks(), chain_batch=chain_batch
+        )
+        result = with_accuracy(result, checks, warn=warn)
     return result
 
 
@@ -120,8 +127,10 @@ class LLCEstimator:
         See :class:`~lambdahat.LLCConfig` (defaults 200, 10, 100, 1, 1e-5, 100, ``None`` = n / log n, float32).
         ``learning_rate="auto"`` is chosen before every run by :func:`lambdahat.calibrate` from short pilot runs;
         the choice and its evidence are in ``get_metrics()["calibration"]``.
-    sampler, weight_decay, restrict_to_orth_grad, bounding_box_size, sampler_options, model_mode, grad_accum_steps:
-        Keyword-only; see :class:`~lambdahat.LLCConfig`.
+    sampler, weight_decay, restrict_to_orth_grad, bounding_box_size, sampler_options, model_mode, grad_accum_steps,
+    checks:
+        Keyword-only; see :class:`~lambdahat.LLCConfig` (``checks``: the accuracy checks of
+        :mod:`lambdahat.accuracy` made after the chains).
 
     Examples
     --------
@@ -156,6 +165,7 @@ class LLCEstimator:
         sampler_options: dict[str, Any] | None = None,
         model_mode: str = "eval",
         grad_accum_steps: int = 1,
+        checks: str = "auto",
     ) -> None:
         self.config = LLCConfig(
             draws=draws,
@@ -173,6 +183,7 @@ class LLCEstimator:
             restrict_to_orth_grad=restrict_to_orth_grad,
             model_mode=model_mode,
             grad_accum_steps=grad_accum_steps,
+            checks=checks,
         )
         self.result: LLCResult | None = None
 

@@ -445,6 +445,7 @@ def run_chains(
     per_sample_path: str | os.PathLike[str] | None = None,
     planned_runs: int | None = None,
     start_scale: float = 0.0,
+    noise_coarsening: int = 1,
 ) -> LLCResult:
     """Run ``config.chains`` chains on a prepared problem.
 
@@ -481,6 +482,10 @@ def run_chains(
         ``0``: every chain starts at ``w*``; ``s > 0``: chain ``c`` starts at ``w* + s z_c``, ``z_c ~ N(0, I)``
         from its own stream (:func:`lambdahat.chains.start_positions`; ``s = 1/sqrt(γ)`` is a draw of the
         localizing Gaussian, the over-dispersed start of :mod:`lambdahat.accuracy`).
+    noise_coarsening:
+        ``k > 1``: step ``t`` takes the normalized sum of the noise of steps ``kt … kt + k − 1`` (eager steps),
+        so that a run at ``kε`` follows the Brownian path of the run at ε with the same seed
+        (:class:`lambdahat.chains.StepNoise`; the step check of :mod:`lambdahat.accuracy`).
     """
     if not isinstance(config, LLCConfig):
         raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
@@ -518,7 +523,9 @@ def run_chains(
     main = problem.slots[0]
     planned_steps = config.total_steps * config.grad_accum_steps * config.chains * max(1, planned_runs or 1)
     planned_steps //= max(1, len(plan[0][0]))  # chain-batch calls: chains run together
-    if problem.compile == "auto":
+    if noise_coarsening != 1:
+        use_compile = False  # coarsened noise is made outside the graph
+    elif problem.compile == "auto":
         use_compile = problem.compiled_available(config) or problem.compile_pays(
             config,
             predicted_eager_seconds(
@@ -550,6 +557,7 @@ def run_chains(
             ctx=ctx_on(fm),
             evaluation=None if problem.evaluation is None else problem.evaluation[slot],
             start_scale=float(start_scale),
+            noise_coarsening=int(noise_coarsening),
         )
         for slot, fm in enumerate(problem.slots)
     ]

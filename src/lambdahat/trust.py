@@ -50,10 +50,14 @@ __all__ = [
     "status_line",
 ]
 
-#: Largest ``|b| + SE`` of an accuracy check of :mod:`lambdahat.accuracy` (b: the relative bias of λ̂ it measured,
-#: SE its standard error across the paired chains). Three sources each within 5 % leave λ̂ within about 10 % of a
-#: run done better in every respect; measured in benchmarks/RESULTS.md (the trust policy's confusion matrix).
-MAX_CHECK_BIAS = 0.05
+#: Largest ``|b| + SE`` of each accuracy check of :mod:`lambdahat.accuracy` (b: the relative change of λ̂ it
+#: measured, SE its standard error across the paired chains). The step and start checks measure biases that vanish
+#: in a run done better (ε → 0, chains run to stationarity): 5 % each. λ̂ at finite n depends on γ even in a well
+#: run: on a deep linear network (d = 1200, n = 1e5, ε = 1e-5, 16,000 steps) it fell by 8-9 % per doubling of γ
+#: between γ = 5 and 20 (54.9, 50.3, 45.8 against λ = 50), and by 25 % from γ = 50 to 100 (27.2 against 50), where
+#: the localization dominates: 10 % per halving separates the two. The confusion matrix of the policy against
+#: closed-form λ is in benchmarks/RESULTS.md.
+MAX_CHECK_BIAS = {"step": 0.05, "localization": 0.10, "start": 0.05}
 
 #: Least mean MALA acceptance of a trusted estimate. The finite step of SGLD biases λ̂ upward by about
 #: ``1/(1 − εκ/4)`` on curvature κ (exact on a quadratic potential), and the acceptance falls as ``εκ`` grows: on a
@@ -351,10 +355,11 @@ def _accuracy_rule(name: str) -> Callable[[Evidence], Finding]:
                 f"the {name} check could not be made (its companion chains diverged or λ̂ is 0); the estimate's "
                 "accuracy is unknown."
             )
-        if abs(bias) + se <= MAX_CHECK_BIAS:
+        limit = MAX_CHECK_BIAS[name]
+        if abs(bias) + se <= limit:
             return None
         text = f"{100 * bias:+.1f} % ± {100 * se:.1f} %"
-        factor = f"{max(2.0, abs(bias) / MAX_CHECK_BIAS * 1.5):.2g}x"
+        factor = f"{max(2.0, abs(bias) / limit * 1.5):.2g}x"
         advice = _ACCURACY_ADVICE[name].format(bias=text, factor=factor, way="down" if bias < 0 else "up")
         return f"{name} bias {text}", advice
 
@@ -367,27 +372,27 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "step",
         "relative change of λ̂ at twice the step, same sampled time (lambdahat.accuracy)",
-        f"|b| + SE > {MAX_CHECK_BIAS:g}",
+        f"|b| + SE > {MAX_CHECK_BIAS['step']:g}",
         "SGLD's finite step heats the draws; the bias is first order in ε, so doubling ε measures it",
         _accuracy_rule("step"),
-        short=f"step bias |b| + SE > {MAX_CHECK_BIAS:g}",
+        short=f"step bias |b| + SE > {MAX_CHECK_BIAS['step']:g}",
     ),
     Rule(
         "localization",
         "relative change of λ̂ at half the localization",
-        f"|b| + SE > {MAX_CHECK_BIAS:g}",
+        f"|b| + SE > {MAX_CHECK_BIAS['localization']:g}",
         "γ shrinks λ̂, along singular directions by more than any curvature at w* shows",
         _accuracy_rule("localization"),
-        short=f"localization bias |b| + SE > {MAX_CHECK_BIAS:g}",
+        short=f"localization bias |b| + SE > {MAX_CHECK_BIAS['localization']:g}",
     ),
     Rule(
         "start",
         "gap between chains started at w* and from N(w*, I/γ)",
-        f"|b| + SE > {MAX_CHECK_BIAS:g}",
+        f"|b| + SE > {MAX_CHECK_BIAS['start']:g}",
         "chains from w* approach E[L] from below, over-dispersed ones from above: their gap bounds the relaxation "
         "bias",
         _accuracy_rule("start"),
-        short=f"start gap |b| + SE > {MAX_CHECK_BIAS:g}",
+        short=f"start gap |b| + SE > {MAX_CHECK_BIAS['start']:g}",
     ),
     Rule(
         "acceptance",
@@ -479,7 +484,7 @@ def assess(
 
     Without accuracy checks the policy judges by proxies (acceptance, R-hat, ESS, drift, distance growth,
     configurational temperature, divergence, sign). With the checks of :mod:`lambdahat.accuracy` (``accuracy``:
-    ``{name: AccuracyCheck}``), each check judges its bias directly (``|b| + SE ≤`` :data:`MAX_CHECK_BIAS`) and
+    ``{name: AccuracyCheck}``), each check judges its bias directly (``|b| + SE ≤`` its limit in :data:`MAX_CHECK_BIAS`) and
     the proxies it supersedes become notes: ``"step"`` supersedes the acceptance and a hot temperature,
     ``"start"`` the drift, the distance growth and a cold temperature. A NaN statistic is not checked (a note
     says so); every chain diverged gives status ``"diverged"`` and skips the other checks.
@@ -653,7 +658,7 @@ def describe() -> str:
 
     Examples
     --------
-    >>> describe()[:60]
-    'step bias |b| + SE > 0.05, localization bias |b| + SE > 0.05'
+    >>> describe()[:59]
+    'step bias |b| + SE > 0.05, localization bias |b| + SE > 0.1'
     """
     return ", ".join(rule.short for rule in RULES) + ", or a diverged chain"
