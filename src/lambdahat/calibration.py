@@ -347,8 +347,8 @@ def next_step(learning_rate: float, bias: float, max_step_bias: float) -> float:
     --------
     >>> round(next_step(1e-3, 0.14, 0.05), 8)  # 1e-3 * 0.7 * 0.05 / 0.14
     0.00025
-    >>> next_step(1e-3, 0.06, 0.05) == 1e-3 / 1.5, next_step(1e-3, 5.0, 0.05)
-    (True, 0.0001)
+    >>> round(next_step(1e-3, 0.051, 0.05) * 1.5, 8), round(next_step(1e-3, 5.0, 0.05), 8)
+    (0.001, 0.0001)
     """
     if not math.isfinite(bias) or bias == 0:
         return learning_rate / JUMP
