@@ -36,6 +36,7 @@ OPTION_NAMES = [
     "--restrict-to-orth-grad",
     "--model-mode",
     "--grad-accum-steps",
+    "--checks",
 ]
 
 
@@ -124,7 +125,7 @@ def test_help_lists_every_option_with_its_help():
     text = " ".join(result.output.replace("│", " ").split())
     for option in [*OPTION_NAMES, "--no-restrict-to-orth-grad"]:
         assert option in text
-    assert "calibrate it from short pilot runs" in text
+    assert "choose it on its measured step bias" in text
 
 
 def test_subset_defaults_names_and_aliases():

@@ -134,6 +134,23 @@ def test_mala_acceptance_is_exact_for_a_gaussian_target():
     torch.testing.assert_close(mala_log_accept(w, w2, kappa * w, kappa * w2, eps), exact)
 
 
+def test_rmsprop_sgld_preconditions_on_the_loss_gradient_only_and_freezes_after_adapting():
+    """The second moment follows the loss gradient g (not the localization's pull), and stops after adapt_steps."""
+    w_star = torch.zeros(3, dtype=torch.float64)
+    theta = torch.full((1, 3), 2.0, dtype=torch.float64)
+    grad = torch.tensor([[0.0, 1.0, 3.0]], dtype=torch.float64)
+    h = hyper(lr=0.01, nbeta=1.0, gamma=50.0)  # a strong pull, which must not enter v
+    state = rmsprop_sgld.init(theta)
+    zero = torch.zeros(1, 3, dtype=torch.float64)
+    loss = torch.zeros(1, dtype=torch.float64)
+    for _ in range(3):
+        state, _ = rmsprop_sgld.step(
+            state, loss, grad, zero, h, Context(w_star, None, None), alpha=0.5, adapt_steps=2
+        )
+    # two updates: v = 0.25 + 0.25 g² + 0.5 g² = 0.25 + 0.75 g²; the third step left it alone
+    torch.testing.assert_close(state.square_avg, 0.25 + 0.75 * grad * grad)
+
+
 def test_rmsprop_sgld_uses_the_same_preconditioner_for_drift_and_noise():
     w_star = torch.zeros(4, dtype=torch.float64)
     theta = torch.ones(2, 4, dtype=torch.float64)
@@ -150,7 +167,8 @@ def test_rmsprop_sgld_uses_the_same_preconditioner_for_drift_and_noise():
         alpha=0.9,
         eps=0.1,
     )
-    G = 1 / (grad.abs() + 0.1)  # V starts at g²
+    # v starts at 1: v1 = 0.9 + 0.1 g², bias-corrected by 1 - 0.9 (Hitchcock & Hoogland's Algorithm 3)
+    G = 1 / (((0.9 + 0.1 * grad * grad) / 0.1).sqrt() + 0.1)
     expected = theta - 0.005 * G * grad + (0.01 * G).sqrt() * noise
     torch.testing.assert_close(new.theta, expected)
 

@@ -128,6 +128,8 @@ def _option(setting: Setting, default: Any, decl: str, panel: str | None, hidden
     if kind == "float | str":
         option = typer.Option(decl, parser=_number_or_auto, metavar="FLOAT|auto", **common)
         return Annotated[float | None, option], default
+    if kind == "str":
+        return Annotated[str | None, typer.Option(decl, **common)], default
     if kind.startswith("Mapping"):
         option = typer.Option(decl, parser=_json_mapping, metavar="JSON", **common)
         return Annotated[dict | None, option], json.dumps(default) if isinstance(

@@ -140,7 +140,7 @@ FIELD_HELP: dict[str, str] = {
     "chains": "independent chains, all in one vmapped call",
     "burnin_steps": "steps discarded before the first draw",
     "steps_bw_draws": "steps between consecutive draws",
-    "learning_rate": "step size ε, or 'auto' to calibrate it from short pilot runs",
+    "learning_rate": "step size ε, or 'auto' to choose it on its measured step bias",
     "localization": "γ, the strength of the pull towards w*",
     "nbeta": "nβ, inverse temperature times n; empty for n / log n with n the data set size",
     "dtype": "float32, float64, bfloat16/float16 (forward under autocast, parameters in float32), or model (the "
@@ -172,7 +172,8 @@ class LLCConfig:
     steps_bw_draws:
         Steps between consecutive draws (default 1).
     learning_rate:
-        Step size ε (default 1e-5), or ``"auto"`` to choose it by :func:`lambdahat.calibrate` before the run.
+        Step size ε (default 1e-5), or ``"auto"`` to choose it on its measured step bias
+        (:func:`lambdahat.calibrate_problem`: rounds of the run and its step check until the bias is within 5 %).
     localization:
         γ, the pull towards ``w*`` (default 100).
     nbeta:

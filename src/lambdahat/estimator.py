@@ -125,8 +125,9 @@ class LLCEstimator:
     ----------
     draws, chains, burnin_steps, steps_bw_draws, learning_rate, localization, nbeta, dtype:
         See :class:`~lambdahat.LLCConfig` (defaults 200, 10, 100, 1, 1e-5, 100, ``None`` = n / log n, float32).
-        ``learning_rate="auto"`` is chosen before every run by :func:`lambdahat.calibrate` from short pilot runs;
-        the choice and its evidence are in ``get_metrics()["calibration"]``.
+        ``learning_rate="auto"`` is chosen on every run by its measured step bias
+        (:func:`lambdahat.calibrate_problem`); the choice and its evidence are in ``get_metrics()["calibration"]``,
+        the accuracy checks in ``get_metrics()["accuracy"]``.
     sampler, weight_decay, restrict_to_orth_grad, bounding_box_size, sampler_options, model_mode, grad_accum_steps,
     checks:
         Keyword-only; see :class:`~lambdahat.LLCConfig` (``checks``: the accuracy checks of

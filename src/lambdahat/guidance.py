@@ -12,8 +12,8 @@ calibration already has:
   times; the mean squared distance along the direction is ``1 − e^{−2R}`` of its stationary value, so with
   ``R < MIN_RELAXATIONS`` (1.5) it is still more than 5 % short at the first draw, the distance ``||w − w*||``
   still grows through the draws and λ̂ is still rising (measured on a CNN classifier, γ = 100, ε = 8e-5, 200 burn-in
-  steps, R = 0.8: configurational temperature 0.89). This is what made ``tune_localization`` pick γ = 10 on an MLP
-  and double λ̂.
+  steps, R = 0.8: configurational temperature 0.89). On an MLP, γ = 10 instead of 100
+  doubled λ̂.
 * **γ too large: λ̂ biased low.** On a quadratic direction of loss curvature ``h`` the localization shrinks that
   direction's share of λ̂ from 1/2 to ``(1/2) nβh / (nβh + γ)``: by the fraction ``γ / (nβh + γ)``. With ``h`` the
   largest Hessian eigenvalue at ``w*`` (the calibration's probe), every direction loses at least

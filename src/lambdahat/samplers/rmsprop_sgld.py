@@ -1,19 +1,21 @@
-"""RMSProp-preconditioned SGLD (Li, Chen, Carlson & Carin 2016).
+"""RMSProp-preconditioned SGLD (Li, Chen, Carlson & Carin 2016) as the local-sampling benchmark defines it
+(Hitchcock & Hoogland 2025, Algorithms 2-3; REFERENCE.md §5).
 
 .. math::
 
-    V \\leftarrow \\alpha V + (1-\\alpha)\\, g \\odot g, \\qquad G = 1 / (\\sqrt{V} + \\epsilon_{rms}), \\\\
-    w \\leftarrow w - \\frac{\\varepsilon}{2}\\, G \\odot \\nabla U(w) + \\sqrt{\\varepsilon G} \\odot \\mathcal N(0, I)
+    v_t = b_2 v_{t-1} + (1 - b_2)\, g_t \odot g_t, \quad v_0 = 1, \qquad
+    \hat v_t = v_t / (1 - b_2^t), \qquad \varepsilon_t = \varepsilon / (\sqrt{\hat v_t} + a), \\
+    w \leftarrow w - \frac{\varepsilon_t}{2} \odot \big(n\beta\, g_t + \gamma (w - w^*)\big)
+        + \sqrt{\varepsilon_t} \odot \mathcal N(0, I)
 
-where ``g = ∇U(w)`` is the drift of the localized potential (see
-:func:`~lambdahat.samplers.base.localized_drift`) and ``V`` starts at ``g ⊙ g`` of the first step. Drift and
-noise see the same ``G`` and the same ε.
+with ``g_t`` the gradient of the minibatch *loss* only (not the localization), ``b_2 = alpha`` and ``a = eps``.
+Drift and noise see the same per-coordinate step ``ε_t``.
 
-``V`` adapts only during the first ``adapt_steps`` steps (the estimator passes its ``burnin_steps``) and is frozen
-afterwards. A preconditioner that keeps following the position makes the chain sample a distorted posterior unless
-the correction term ``Γ = Σ_j ∂G_ij/∂w_j`` of Li et al. is added; on a Gaussian test target the uncorrected, always
-adapting version overestimated ``E[nβK]`` by 70 %. With ``G`` frozen, the draws are exact Langevin steps under a
-fixed metric, which target the same posterior as SGLD.
+``v`` adapts only during the first ``adapt_steps`` steps (the estimator passes its ``burnin_steps``) and is frozen
+afterwards, its bias correction with it. A preconditioner that keeps following the position makes the chain sample
+a distorted posterior unless the correction term ``Γ = Σ_j ∂G_ij/∂w_j`` of Li et al. is added; on a Gaussian test
+target an uncorrected, always adapting version overestimated ``E[nβK]`` by 70 %. With ``ε_t`` frozen, the draws are
+Langevin steps under a fixed metric, which target the same posterior as SGLD.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ __all__ = ["State", "build", "init", "step"]
 
 
 class State(NamedTuple):
-    """Positions, the second-moment estimate ``V`` and the previous step (for the MALA diagnostic)."""
+    """Positions, the second-moment estimate ``v`` of the loss gradient, the step count and the previous step (for
+    the MALA diagnostic)."""
 
     theta: torch.Tensor
     square_avg: torch.Tensor
@@ -52,10 +55,10 @@ class State(NamedTuple):
 
 
 def init(theta: torch.Tensor) -> State:
-    """Start every chain at ``theta``; ``V`` and the previous energy are NaN until the first gradient arrives."""
+    """Start every chain at ``theta`` with ``v = 1``; the previous energy is NaN until the first step."""
     return State(
         theta.clone(),
-        torch.full_like(theta, math.nan),
+        torch.ones_like(theta),
         torch.full(theta.shape[:1], math.nan, device=theta.device, dtype=theta.dtype),
         torch.zeros(theta.shape[:1], device=theta.device, dtype=theta.dtype),
     )
@@ -75,11 +78,13 @@ def step(
     """One preconditioned step for all chains (arguments as in :func:`lambdahat.samplers.sgld.step`)."""
     theta = state.theta
     drift, delta = localized_drift(theta, grad, hyper, ctx)
-    sq = drift * drift
-    adapted = torch.where(torch.isnan(state.square_avg), sq, alpha * state.square_avg + (1 - alpha) * sq)
-    adapting = (state.count < adapt_steps) | torch.isnan(state.square_avg[:, :1]).squeeze(-1)
-    square_avg = torch.where(adapting.unsqueeze(-1), adapted, state.square_avg)
-    precond = 1.0 / (square_avg.sqrt() + eps)
+    adapting = (state.count < adapt_steps).unsqueeze(-1)
+    square_avg = torch.where(adapting, alpha * state.square_avg + (1 - alpha) * grad * grad, state.square_avg)
+    updates = torch.clamp(state.count + 1, max=adapt_steps).unsqueeze(
+        -1
+    )  # updates of v so far (frozen after)
+    correction = torch.where(updates > 0, 1 - torch.pow(alpha, updates), torch.ones_like(updates))
+    precond = 1.0 / ((square_avg / correction).sqrt() + eps)
     energy = (precond * drift * drift).sum(-1)
     prev = None
     if ctx.exact_acceptance:
