@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import guidance
 from .accuracy import check_accuracy, with_accuracy
 from .calibration import calibrate_problem
 from .config import LLCConfig
@@ -88,31 +89,33 @@ def sample(
         raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
     seed = resolve_seed(seed)
     if config.learning_rate == "auto":
-        return calibrate_problem(
+        result = calibrate_problem(
             problem,
             config,
             seed=seed,
             chain_batch=chain_batch,
             show_progress=show_progress,
-            warn=warn,
+            warn=False,
             per_sample_path=per_sample_path,
         ).result
-    result = run_chains(
-        problem,
-        config,
-        seed=seed,
-        chain_batch=chain_batch,
-        show_progress=show_progress,
-        warn=warn and not config.accuracy_checks(),
-        per_sample_path=per_sample_path,
-        planned_runs=planned_runs,
-    )
-    if config.accuracy_checks():
-        checks = check_accuracy(
-            problem, config, result, checks=config.accuracy_checks(), chain_batch=chain_batch
+    else:
+        result = run_chains(
+            problem,
+            config,
+            seed=seed,
+            chain_batch=chain_batch,
+            show_progress=show_progress,
+            warn=False,
+            per_sample_path=per_sample_path,
+            planned_runs=planned_runs,
         )
-        result = with_accuracy(result, checks, warn=warn)
-    return result
+        if config.accuracy_checks():
+            checks = check_accuracy(
+                problem, config, result, checks=config.accuracy_checks(), chain_batch=chain_batch
+            )
+            result = with_accuracy(result, checks, warn=False)
+    advice = guidance.advise(result, n=problem.n)
+    return result.rejudged({**result.settings, "guidance": advice}, warn=warn)
 
 
 class LLCEstimator:

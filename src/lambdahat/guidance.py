@@ -33,6 +33,7 @@ calibration already has:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 __all__ = [
@@ -180,7 +181,9 @@ def nbeta_advice(nbeta: float, n: int | None) -> str | None:
     )
 
 
-def advise(result: Any, *, n: int | None = None, hessian_top: float | None = None) -> list[str]:
+def advise(
+    result: Any, *, n: int | None = None, hessian_top: float | None = None, measured: Collection[str] = ()
+) -> list[str]:
     """The guidance warnings for a finished run (an :class:`~lambdahat.LLCResult`).
 
     Parameters
@@ -193,6 +196,10 @@ def advise(result: Any, *, n: int | None = None, hessian_top: float | None = Non
         The data set size, for the nβ check (skipped when None).
     hessian_top:
         The largest Hessian eigenvalue of the loss at ``w*`` (overrides the calibration's).
+    measured:
+        The accuracy checks of :mod:`lambdahat.accuracy` that ran (by default those in
+        ``settings["accuracy"]``): ``"start"`` measured the relaxation and ``"localization"`` γ's effect directly,
+        so the predictions of the relaxation and localization checks are left out.
 
     Returns
     -------
@@ -202,12 +209,13 @@ def advise(result: Any, *, n: int | None = None, hessian_top: float | None = Non
         check for SGNHT.
     """
     settings = dict(getattr(result, "settings", {}) or {})
+    measured = set(measured) | set(settings.get("accuracy") or {})
     gamma, nbeta = float(result.localization), float(result.nbeta)
     wd = float(settings.get("weight_decay", 0.0) or 0.0)
     out = []
     lr = float(result.learning_rate)
     sampler = settings.get("sampler", "sgld")
-    if sampler != "rmsprop_sgld":
+    if sampler != "rmsprop_sgld" and "start" not in measured:
         out.append(relaxation_advice(lr, gamma, int(settings.get("burnin_steps", 0)), wd))
     if sampler == "sgnht":
         out.append(thermostat_advice(lr, int(settings.get("burnin_steps", 0))))
@@ -215,7 +223,7 @@ def advise(result: Any, *, n: int | None = None, hessian_top: float | None = Non
         curvature = (settings.get("calibration") or {}).get("curvature")
         if curvature is not None and nbeta > 0:
             hessian_top = (float(curvature) - gamma - wd) / nbeta
-    if hessian_top is not None:
+    if hessian_top is not None and "localization" not in measured:
         out.append(localization_advice(gamma, nbeta, hessian_top))
     out.append(nbeta_advice(nbeta, n))
     return [text for text in out if text]

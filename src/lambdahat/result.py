@@ -78,6 +78,7 @@ def _judge(
         llc_mean=llc_mean,
         sampler=settings.get("sampler"),
         accuracy=settings.get("accuracy") or {},
+        guidance=tuple(settings.get("guidance") or ()),
     )
 
 

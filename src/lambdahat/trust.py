@@ -481,6 +481,7 @@ def assess(
     temperature: float = math.nan,
     temperature_stderr: float = math.nan,
     accuracy: Mapping[str, Any] | None = None,
+    guidance: Sequence[str] = (),
 ) -> Verdict:
     """Judge an estimate from its plain numbers by the rules of :data:`RULES`.
 
@@ -519,6 +520,9 @@ def assess(
         posterior; see :data:`MAX_TEMPERATURE_ERROR`).
     accuracy:
         The accuracy checks that ran (objects with ``bias`` and ``bias_stderr``), by name.
+    guidance:
+        The advice of :func:`lambdahat.guidance.advise` on the run's γ, nβ and burn-in, kept as notes
+        (``"guidance: ..."``): it says what the settings mean, it does not judge the estimate.
 
     Returns
     -------
@@ -607,6 +611,7 @@ def assess(
             "config) measures the step, localization and relaxation biases of λ̂ directly."
         )
 
+    notes.extend(f"guidance: {text}" for text in guidance)
     unchecked = [
         name
         for name, value in (

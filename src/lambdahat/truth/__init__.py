@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from .cases import (
     DEFAULT_N,
+    SCALE_SHAPES,
     PotentialModel,
     TruthCase,
     deep_linear_case,
@@ -53,6 +54,7 @@ from .cases import (
     radial_case,
     reduced_rank_case,
     regular_case,
+    scale_cases,
 )
 from .formulas import (
     multiplicity_monomial,
@@ -69,6 +71,7 @@ from .references import PosteriorQuadrature, RadialQuadrature, Reference, Statio
 
 __all__ = [
     "DEFAULT_N",
+    "SCALE_SHAPES",
     "PosteriorQuadrature",
     "PotentialModel",
     "RadialQuadrature",
@@ -96,4 +99,5 @@ __all__ = [
     "rlct_radial",
     "rlct_reduced_rank",
     "rlct_regular",
+    "scale_cases",
 ]

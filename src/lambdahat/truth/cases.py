@@ -25,6 +25,7 @@ from .references import PosteriorQuadrature, RadialQuadrature, Reference, Statio
 
 __all__ = [
     "DEFAULT_N",
+    "SCALE_SHAPES",
     "PotentialModel",
     "TruthCase",
     "deep_linear_case",
@@ -36,6 +37,7 @@ __all__ = [
     "radial_case",
     "reduced_rank_case",
     "regular_case",
+    "scale_cases",
 ]
 
 DEFAULT_N = 10_000
@@ -376,12 +378,26 @@ def _rank_r_weight(out_features: int, in_features: int, r: int) -> torch.Tensor:
     return weight
 
 
-def _linear_chain(widths: Sequence[int], r: int) -> nn.Sequential:
+def _orthogonal(size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random orthogonal ``size x size`` matrix (QR of a Gaussian one, signs fixed: Haar-distributed)."""
+    q, r = torch.linalg.qr(torch.randn(size, size, generator=generator, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).to(torch.float32)
+
+
+def _linear_chain(widths: Sequence[int], r: int, rotation_seed: int | None = None) -> nn.Sequential:
+    """Bias-free linear layers, each weight ``[[I_r, 0], [0, 0]]``; with ``rotation_seed``, each
+    ``Q_{l+1} [[I_r, 0], [0, 0]] Q_lᵀ`` with random orthogonal ``Q_l`` per width (a rotation of parameter space, an
+    isometry: λ is unchanged, and no true direction lies along an axis)."""
+    generator = None if rotation_seed is None else torch.Generator().manual_seed(int(rotation_seed))
+    rotations = None if generator is None else [_orthogonal(int(w), generator) for w in widths]
     layers = []
-    for fan_in, fan_out in itertools.pairwise(widths):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         layer = nn.Linear(fan_in, fan_out, bias=False)
+        weight = _rank_r_weight(fan_out, fan_in, r)
+        if rotations is not None:
+            weight = rotations[i + 1] @ weight @ rotations[i].T
         with torch.no_grad():
-            layer.weight.copy_(_rank_r_weight(fan_out, fan_in, r))
+            layer.weight.copy_(weight)
         layers.append(layer)
     return nn.Sequential(*layers)
 
@@ -449,7 +465,9 @@ def reduced_rank_case(M: int, H: int, N: int, r: int, n: int = DEFAULT_N, seed: 
     )
 
 
-def deep_linear_case(widths: Sequence[int], r: int, n: int = DEFAULT_N, seed: int = 0) -> TruthCase:
+def deep_linear_case(
+    widths: Sequence[int], r: int, n: int = DEFAULT_N, seed: int = 0, rotated: bool = False
+) -> TruthCase:
     """Deep linear network validation case ``f(x) = W_L ... W_1 x`` at a true parameter of rank ``r``.
 
     ``nn.Sequential`` of bias-free ``nn.Linear(widths[l], widths[l + 1])``, every weight at :math:`[[I_r, 0],
@@ -466,7 +484,11 @@ def deep_linear_case(widths: Sequence[int], r: int, n: int = DEFAULT_N, seed: in
     n : int, default DEFAULT_N
         Data set size.
     seed : int, default 0
-        Seed of the inputs.
+        Seed of the inputs (and of the rotations).
+    rotated : bool, default False
+        Every weight ``Q_{l+1} [[I_r, 0], [0, 0]] Q_lᵀ`` with random orthogonal ``Q_l`` (a rotation of parameter
+        space: λ is unchanged, the true parameter and its singular directions are no longer axis-aligned); the
+        name ends in ``_rot``.
 
     Returns
     -------
@@ -486,13 +508,41 @@ def deep_linear_case(widths: Sequence[int], r: int, n: int = DEFAULT_N, seed: in
     arch = "-".join(str(w) for w in hs)
     d = sum(a * b for a, b in itertools.pairwise(hs))
     return _regression_case(
-        f"dln_{arch}_r{r}",
-        _linear_chain(hs, r),
+        f"dln_{arch}_r{r}" + ("_rot" if rotated else ""),
+        _linear_chain(hs, r, rotation_seed=seed + 1 if rotated else None),
         x,
         lam,
-        f"deep linear network {arch.replace('-', '->')}, true rank {r} (every layer rank {r}), x ~ U[-1, 1], "
-        f"noiseless: lambda = {lam:g} (Aoyagi 2024), regular would be {d / 2:g}",
+        f"deep linear network {arch.replace('-', '->')}, true rank {r} (every layer rank {r}"
+        + (", rotated" if rotated else "")
+        + f"), x ~ U[-1, 1], noiseless: lambda = {lam:g} (Aoyagi 2024), regular would be {d / 2:g}",
     )
+
+
+#: Widths and ranks of the scale cases: deep linear networks of about 10³, 10⁴ and 10⁵ parameters, every layer of
+#: rank r (a fifth of the width), rotated.
+SCALE_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "1e3": ((16, 16, 16, 16, 16), 3),
+    "1e4": ((50, 50, 50, 50, 50), 10),
+    "1e5": ((158, 158, 158, 158, 158), 30),
+}
+
+
+def scale_cases(
+    sizes: Sequence[str] = ("1e3", "1e4", "1e5"), n: int = 100_000, seed: int = 0
+) -> list[TruthCase]:
+    """Rotated deep linear networks of about 10³, 10⁴ and 10⁵ parameters (:data:`SCALE_SHAPES`), ``n`` rows.
+
+    Examples
+    --------
+    >>> [(c.name, c.d, c.true_lambda) for c in scale_cases(["1e3"], n=10)]
+    [('dln_16-16-16-16-16_r3_rot', 1024, 96.5)]
+    """
+    unknown = sorted(set(sizes) - set(SCALE_SHAPES))
+    if unknown:
+        raise ValueError(f"scale_cases: unknown sizes {unknown}; choose from {list(SCALE_SHAPES)}.")
+    return [
+        deep_linear_case(SCALE_SHAPES[s][0], SCALE_SHAPES[s][1], n=n, seed=seed, rotated=True) for s in sizes
+    ]
 
 
 def default_cases(quick: bool = False) -> list[TruthCase]:
