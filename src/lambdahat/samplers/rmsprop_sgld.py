@@ -4,9 +4,9 @@
 .. math::
 
     v_t = b_2 v_{t-1} + (1 - b_2)\\, g_t \\odot g_t, \\quad v_0 = 1, \\qquad
-    \\hat v_t = v_t / (1 - b_2^t), \\qquad \varepsilon_t = \varepsilon / (\\sqrt{\\hat v_t} + a), \\
-    w \\leftarrow w - \frac{\varepsilon_t}{2} \\odot \big(n\beta\\, g_t + \\gamma (w - w^*)\big)
-        + \\sqrt{\varepsilon_t} \\odot \\mathcal N(0, I)
+    \\hat v_t = v_t / (1 - b_2^t), \\qquad \\varepsilon_t = \\varepsilon / (\\sqrt{\\hat v_t} + a), \\\\
+    w \\leftarrow w - \\frac{\\varepsilon_t}{2} \\odot \\big(n\\beta\\, g_t + \\gamma (w - w^*)\\big)
+        + \\sqrt{\\varepsilon_t} \\odot \\mathcal N(0, I)
 
 with ``g_t`` the gradient of the minibatch *loss* only (not the localization), ``b_2 = alpha`` and ``a = eps``.
 Drift and noise see the same per-coordinate step ``ε_t``.
