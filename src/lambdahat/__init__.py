@@ -4,8 +4,9 @@ The public surface is re-exported here; everything else lives in modules with on
 ``config`` (LLCConfig, every sampling setting), ``problem`` (prepare once: model copies, data, L0),
 ``estimator`` (sample, and LLCEstimator, the canonical-interp facade), ``samplers`` (SGLD, RMSProp-SGLD, SGNHT),
 ``chains`` (the vmapped runner), ``rng`` (counter-based per-chain noise), ``memory`` (``chain_batch="auto"``),
-``result`` / ``diagnostics`` (LLCResult, R-hat, ESS, MALA acceptance, divergence), ``calibration`` (automatic step
-size), ``guidance`` (warnings on γ and nβ, with their numbers), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``influence`` / ``susceptibility`` (BIF, loss
+``result`` / ``diagnostics`` (LLCResult, R-hat, ESS, MALA acceptance, divergence), ``accuracy`` (companion runs
+that measure the step, localization and relaxation biases of λ̂), ``calibration`` (the step chosen on its measured
+bias), ``guidance`` (warnings on γ and nβ, with their numbers), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``influence`` / ``susceptibility`` (BIF, loss
 kernel and susceptibilities from per-sample losses at the draws), ``plotting``, ``truth`` (closed-form
 learning coefficients and their models), ``validation`` and ``modadd`` (the modular-addition toolkit).
 """
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING
 # The names are imported on first use (PEP 562), so that `import lambdahat.cli` (and `lambdahat --help`) does not
 # pay for torch, pandas and matplotlib; `from lambdahat import X` and `lambdahat.X` work as usual.
 _EXPORTS = {
+    "AccuracyCheck": "accuracy",
+    "check_accuracy": "accuracy",
     "Calibration": "calibration",
     "CalibrationError": "calibration",
     "calibrate": "calibration",
@@ -44,6 +47,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from .accuracy import AccuracyCheck, check_accuracy
     from .calibration import Calibration, CalibrationError, calibrate, calibrate_problem, calibrated_estimator
     from .config import LLCConfig
     from .estimator import LLCEstimator, nbeta_from_effective_size, sample
@@ -85,6 +89,7 @@ def __dir__() -> list[str]:
 __version__ = "0.2.0"
 
 __all__ = [
+    "AccuracyCheck",
     "Calibration",
     "CalibrationError",
     "GridSearchConfig",
@@ -101,6 +106,7 @@ __all__ = [
     "calibrate",
     "calibrate_problem",
     "calibrated_estimator",
+    "check_accuracy",
     "llc_over_checkpoints",
     "loss_gain",
     "loss_kernel",

@@ -23,7 +23,13 @@ def validate(
     calibrate: bool = typer.Option(
         False,
         "--calibrate",
-        help="Choose each case's step size with lambdahat.calibrate (learning_rate='auto').",
+        help="Choose each case's step size on its measured step bias (learning_rate='auto').",
+    ),
+    scale: str | None = typer.Option(
+        None,
+        "--scale",
+        help="Instead of the small cases, rotated deep linear networks of these sizes (comma list of 1e3, 1e4, "
+        "1e5), with learning_rate='auto' and the accuracy checks; each row gives its time.",
     ),
 ) -> None:
     """Estimate λ̂ on models with known learning coefficients and print the table.
@@ -32,9 +38,18 @@ def validate(
     error against λ, z-score against the reference, the step size used, mean MALA acceptance, R-hat, ESS, diverged
     chains and wall time.
     """
-    from .validation import format_table, run_validation
+    from .validation import SCALE_SETTINGS, format_table, run_validation
 
-    df = run_validation(quick=quick, seed=seed, compile=compile, calibrate=calibrate)
+    if scale is not None:
+        from .truth import scale_cases
+
+        try:
+            cases = scale_cases([size.strip() for size in scale.split(",") if size.strip()])
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--scale") from None
+        df = run_validation(seed=seed, compile=compile, calibrate=True, cases=cases, settings=SCALE_SETTINGS)
+    else:
+        df = run_validation(quick=quick, seed=seed, compile=compile, calibrate=calibrate)
     typer.echo(format_table(df))
     if csv:
         df.to_csv(csv, index=False)

@@ -37,7 +37,15 @@ from .sweeps.executors import PointError
 from .sweeps.runner import SweepRun, check_run_options, estimate, problem_for, result_row, run_sweep
 from .sweeps.store import stored_seed
 
-__all__ = ["SETTINGS", "TABLE_COLUMNS", "CaseSettings", "format_table", "reference_value", "run_validation"]
+__all__ = [
+    "SCALE_SETTINGS",
+    "SETTINGS",
+    "TABLE_COLUMNS",
+    "CaseSettings",
+    "format_table",
+    "reference_value",
+    "run_validation",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class CaseSettings:
     burnin_steps: int = 500
     chains: int = 8
     batch_size: int = 500
+    steps_bw_draws: int = 1
 
     def config(self, nbeta: float, calibrate: bool = False) -> LLCConfig:
         """The :class:`~lambdahat.LLCConfig` of the case at ``nbeta`` (``learning_rate="auto"`` when
@@ -64,6 +73,7 @@ class CaseSettings:
             draws=self.draws,
             chains=self.chains,
             burnin_steps=self.burnin_steps,
+            steps_bw_draws=self.steps_bw_draws,
             learning_rate="auto" if calibrate else self.learning_rate,
             localization=self.localization,
             nbeta=nbeta,
@@ -80,6 +90,18 @@ SETTINGS: dict[str, CaseSettings] = {
     "rrr_M4_H3_N4_r1": CaseSettings(learning_rate=1e-4, localization=1.0, draws=4000, burnin_steps=2000),
     "dln_4-3-3-4_r1": CaseSettings(learning_rate=1e-4, localization=1.0, draws=8000, burnin_steps=2000),
     "dln_5-4-5_r0": CaseSettings(learning_rate=1e-4, localization=1.0, draws=8000, burnin_steps=2000),
+}
+
+#: Settings of the scale cases (:func:`lambdahat.truth.scale_cases`), by name: ``learning_rate`` is chosen
+#: (``"auto"``, by its measured step bias), γ is small enough that the localization leaves the singular directions
+#: free at n = 1e5 (nβ = 8686: γ² ≪ nβ), and the chains run long enough for the flat directions to relax.
+SCALE_SETTINGS: dict[str, CaseSettings] = {
+    case_name: CaseSettings(
+        learning_rate=1e-5, localization=10.0, draws=1000, burnin_steps=4000, steps_bw_draws=4
+    )
+    for case_name in (
+        f"dln_{'-'.join(str(w) for w in widths)}_r{r}_rot" for widths, r in truth.SCALE_SHAPES.values()
+    )
 }
 
 #: The columns of :func:`run_validation`'s table, in order.
@@ -325,11 +347,11 @@ def format_table(df: pd.DataFrame) -> str:
     """The validation table as aligned text, with the trust policy's status of each case (a failed case shows
     its error instead of the estimate)."""
     lines = [
-        f"{'case':24s} {'d':>3s} {'true λ':>7s} {'reference':>17s} {'λ̂ ± se':>16s} {'rel.err':>8s} "
+        f"{'case':24s} {'d':>6s} {'true λ':>7s} {'reference':>17s} {'λ̂ ± se':>16s} {'rel.err':>8s} "
         f"{'z':>6s} {'ε':>8s} {'accept':>6s} {'R-hat':>6s} {'ESS':>6s} {'div':>3s} {'time':>6s}  status"
     ]
     for r in df.itertuples():
-        head = f"{r.case:24s} {r.d:3d} {r.true_lambda:7.3f} {r.reference:7.3f} {r.reference_kind:>9s} "
+        head = f"{r.case:24s} {r.d:6d} {r.true_lambda:7.3f} {r.reference:7.3f} {r.reference_kind:>9s} "
         if getattr(r, "status", "ok") == "failed":
             lines.append(f"{head}failed: {r.error}")
             continue
