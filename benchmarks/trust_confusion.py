@@ -100,9 +100,11 @@ def run_case(case: truth.TruthCase, settings: CaseSettings, set_name: str, seed:
                     trusted=result.status == "ok",
                     trusted_by_proxies=proxies.status == "ok",
                     **{
-                        f"{name}_bias": (checks.get(name) or {}).get("bias")
+                        f"{name}_{key}": (checks.get(name) or {}).get(field)
                         for name in ("step", "localization", "start")
+                        for key, field in (("bias", "bias"), ("stderr", "bias_stderr"))
                     },
+                    true_lambda=case.true_lambda,
                     status=result.status_line,
                     proxy_status=proxies.status_line,
                     seconds=time.perf_counter() - start,

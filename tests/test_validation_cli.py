@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lambdahat import truth
@@ -47,3 +48,39 @@ def test_validate_command_prints_the_table(tmp_path, monkeypatch):
 def test_validate_help():
     result = CliRunner().invoke(app, ["validate", "--help"])
     assert result.exit_code == 0 and "--quick" in result.output
+
+
+def test_every_scale_case_has_settings_and_the_rotation_keeps_lambda():
+    from lambdahat.validation import SCALE_SETTINGS
+
+    cases = truth.scale_cases(["1e3"], n=50)
+    assert [c.name for c in cases] == ["dln_16-16-16-16-16_r3_rot"]
+    assert all(c.name in SCALE_SETTINGS for c in truth.scale_cases(n=2))
+    case = cases[0]
+    plain = truth.deep_linear_case([16] * 5, 3, n=50)
+    assert case.true_lambda == plain.true_lambda and case.d == plain.d == 1024
+    weights = [layer.weight.detach() for layer in case.model]
+    # every layer keeps rank r, and no weight is axis-aligned any more
+    assert all(int(torch.linalg.matrix_rank(w)) == 3 for w in weights)
+    assert all(float((w.abs() > 1e-6).float().mean()) > 0.5 for w in weights)
+    with pytest.raises(ValueError, match="unknown sizes"):
+        truth.scale_cases(["1e6"])
+
+
+@pytest.mark.slow
+def test_validate_scale_runs_auto_with_the_checks(monkeypatch):
+    """`validate --scale 1e3` end to end on shortened runs (the real ones are timed in benchmarks/RESULTS.md)."""
+    import lambdahat.truth as truth_module
+    import lambdahat.validation as validation
+
+    small = truth_module.scale_cases(["1e3"], n=2000)
+    monkeypatch.setattr(truth_module, "scale_cases", lambda sizes: small)
+    short = {
+        k: CaseSettings(1e-5, 10.0, draws=20, burnin_steps=40, chains=2) for k in validation.SCALE_SETTINGS
+    }
+    monkeypatch.setattr(validation, "SCALE_SETTINGS", short)
+    result = CliRunner().invoke(app, ["validate", "--scale", "1e3"])
+    assert result.exit_code == 0, result.output
+    assert "dln_16-16-16-16-16_r3_rot" in result.output and "1024" in result.output
+    bad = CliRunner().invoke(app, ["validate", "--scale", "1e9"])
+    assert bad.exit_code == 2 and "unknown sizes" in bad.output

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ __all__ = [
     "ParamLayout",
     "ParamSelection",
     "select_parameters",
+    "vmappable_attention",
 ]
 
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
@@ -448,6 +450,41 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return found.pop() if found else torch.float32
 
 
+def vmappable_attention(module: nn.Module) -> str | None:
+    """Switch a Hugging Face model (a private copy: never the caller's) to the ``"eager"`` attention implementation.
+
+    The fused kernels Hugging Face picks by default (``"sdpa"``, flash and flex attention) have no vmap batching
+    rule on the CPU, so vmapped chains fall back to a loop over chains; ``"eager"`` computes the same attention
+    with ordinary tensor operations (the same numbers up to float rounding; L0 and the draws then use the same
+    implementation). Returns the implementation that was replaced, or ``None`` when nothing changed (not a
+    Hugging Face model, already eager, or a model that cannot switch).
+
+    Examples
+    --------
+    >>> vmappable_attention(nn.Linear(2, 2)) is None
+    True
+    """
+    config = getattr(module, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current is None or current == "eager":
+        return None
+    setter = getattr(module, "set_attn_implementation", None)
+    try:
+        if callable(setter):
+            setter("eager")
+        else:  # transformers 4.x reads the config's private attribute at every forward
+            config._attn_implementation = "eager"
+    except Exception as exc:  # a model that cannot switch keeps its kernel: slower, still correct
+        warnings.warn(
+            f"estimate_llc: could not switch the model's copy from {current!r} to eager attention ({exc}); "
+            "vmapped chains may run one by one. Build the model with attn_implementation='eager'.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return str(current)
+
+
 class FunctionalModel:
     """A private copy of a module, callable as a pure function of the flat sampled scalars.
 
@@ -499,6 +536,7 @@ class FunctionalModel:
         self.device = torch.device(device)
         self.model_mode = model_mode
         self.module = copy.deepcopy(model).to(self.device)
+        vmappable_attention(self.module)
         self.module.train(model_mode == "train")
         if model_mode == "train":
             _batch_statistics_only(self.module)

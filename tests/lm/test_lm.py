@@ -310,3 +310,31 @@ def test_batches_of_the_wrong_form_say_what_to_pass(models):
         prepare(
             models("gpt2"), [(torch.ones(2, 3), torch.ones(2))], CFG, loss_fn=next_token_loss, compile=False
         )
+
+
+def test_a_model_with_default_attention_is_sampled_with_eager_attention_on_its_copy():
+    """Hugging Face picks sdpa by default; the private copy switches to eager (vmappable), the caller's model keeps
+    its own, and L0 is the model's own loss."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tf.GPT2LMHeadModel(
+            tf.GPT2Config(
+                n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=50, attn_implementation="sdpa"
+            )
+        ).eval()
+    assert model.config._attn_implementation == "sdpa"
+    batch = padded_batches()[0]
+    problem = prepare(model, [batch], CFG, loss_fn=next_token_loss, compile=False)
+    assert problem.slots[0].module.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        labels = torch.where(mask.bool(), ids, -100)
+        assert problem.init_loss == pytest.approx(
+            float(model(input_ids=ids, attention_mask=mask, labels=labels).loss), rel=1e-5
+        )
+    result = sample(problem, CFG, seed=0, **QUIET)
+    assert torch.isfinite(result.llcs).all()
