@@ -12,18 +12,23 @@ more with one setting improved (REFERENCE.md §5):
 * **relaxation** (``"start"``): chains started at ``w*`` approach ``E[L]`` from below. Chains started from a draw
   of the localizing Gaussian ``N(w*, I/γ)``, wider than the posterior along every convex direction, approach it from
   above (Gelman & Rubin's over-dispersed starts); the gap between the two groups bounds how far the chains from
-  ``w*`` still are from their stationary value: ``b_start = (λ̂_{w*} − λ̂_{dispersed}) / λ̂``.
+  ``w*`` still are from their stationary value: ``b_start = (λ̂_{w*} − λ̂_{dispersed}) / λ̂``. When more than a
+  quarter of the dispersed chains diverge (far from ``w*`` the curvature can exceed what the step takes), the
+  start's scale is divided by 4 and the companion run again (:data:`START_RETRIES`).
 
-To spend half the steps on every check, the three companions all run at ``2ε`` for half the steps (the same
-sampled time as the main run): the step companion is compared with the main run, and the localization and start
-companions with the step companion, so that each difference changes one setting only. All companions use the
-main run's seed, so chain ``c`` of each sees the same data order and the same noise stream; the standard error
-of a difference is that of the per-chain differences (paired by chain), which this common randomness makes small.
-Their cost is ``3 × ½ = 1.5`` times the main run's with as many chains (:data:`CHECK_CHAINS_SHARE`).
+The step companion runs at ``2ε`` for half the steps (the same sampled time), driven by the coupled noise and the
+batches of the main run (:class:`lambdahat.chains.StepNoise` with ``coarsen=2``: each coarse step takes the sum of
+two fine steps' noise over √2 and the first of their two batches), so both follow one Brownian path. The
+localization and start companions run at ε for the main run's steps (at ``2ε`` the step bias of a chain that
+spreads further would leak into their differences: on a deep linear network, d = 1200, the localization check read
+−21 % at 2ε against −9 % at ε). All companions use the main run's seed, so chain ``c`` of each sees the same data
+order and noise stream; the standard error of a difference is that of the per-chain differences (paired by chain).
+Their cost is ``0.5 + 1 + 1`` main runs with as many chains (``chains=`` fewer).
 
-A check passes when its bias, with one standard error added to its size (``|b| + SE``), is at most
-:data:`MAX_CHECK_BIAS`; the trust policy (:mod:`lambdahat.trust`) reads the result's checks from
-``result.settings["accuracy"]``.
+A check passes when its bias, with one standard error added to its size (``|b| + SE``), is at most its limit in
+:data:`MAX_CHECK_BIAS` (5 % for the step, 10 % for the localization and the start: the gap of the start check is a
+bound on the main run's relaxation error, not an estimate of it); the trust policy (:mod:`lambdahat.trust`) reads
+the result's checks from ``result.settings["accuracy"]``.
 """
 
 from __future__ import annotations

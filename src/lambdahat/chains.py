@@ -222,7 +222,10 @@ class StepNoise:
     With ``coarsen = k`` (eager steps only) step ``t`` receives ``(ξ_{kt} + … + ξ_{kt+k−1}) / sqrt(k)``, the
     normalized sum of the noise of ``k`` consecutive steps of the uncoarsened chain: a chain at step ``kε`` driven by
     it follows the same Brownian path as the chain at ε (synchronous coupling), so the difference of the two
-    estimates, the step check of :mod:`lambdahat.accuracy`, is far less noisy than that of independent runs.
+    estimates, the step check of :mod:`lambdahat.accuracy`, is far less noisy than that of independent runs. Such a
+    chain also takes the batches ``kt`` of the uncoarsened one (:func:`run_chain_batch` skips the others), so both
+    see the same data at the same sampled time, and its gradient noise is that of one batch at step ``kε``: the
+    step check measures the minibatch noise's share of the step bias too.
     """
 
     def __init__(
@@ -566,6 +569,10 @@ def run_chain_batch(
     while s < steps:
         x, y = _next_batch(batches, step_fn.micro_batches)
         extra = _next_batch(observed, step_fn.micro_batches) if observed is not None else ()
+        for _ in range(noise.coarsen - 1):  # a coarse step takes the fine chain's first batch of its steps
+            _next_batch(batches, step_fn.micro_batches)
+            if observed is not None:
+                _next_batch(observed, step_fn.micro_batches)
         if block is not None and s >= first_draw and (s - first_draw) % every == 0:
             draw, offset = (s - first_draw) // every, 0
             slot = draw % block.shape[1]
