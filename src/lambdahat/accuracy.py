@@ -26,8 +26,8 @@ order and noise stream; the standard error of a difference is that of the per-ch
 Their cost is ``0.5 + 1 + 1`` main runs with as many chains (``chains=`` fewer).
 
 A check passes when its bias, with one standard error added to its size (``|b| + SE``), is at most its limit in
-:data:`MAX_CHECK_BIAS` (5 % for the step, 10 % for the localization and the start: the gap of the start check is a
-bound on the main run's relaxation error, not an estimate of it); the trust policy (:mod:`lambdahat.trust`) reads
+:data:`MAX_CHECK_BIAS` (10 % each, the accuracy the policy aims at; the gap of the start check is a bound on the
+main run's relaxation error, not an estimate of it); the trust policy (:mod:`lambdahat.trust`) reads
 the result's checks from ``result.settings["accuracy"]``.
 """
 
