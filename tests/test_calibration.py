@@ -224,3 +224,24 @@ def test_auto_needs_two_chains(regular10):
 
 def test_doctests():
     assert doctest.testmod(calibration_module).failed == 0
+
+
+def test_the_search_grows_a_step_with_room_and_stops_below_a_failure():
+    from types import SimpleNamespace
+
+    from lambdahat.calibration import following_step
+
+    def r(lr, bound, diverged=0, bias=None):
+        step = SimpleNamespace(bias=bound if bias is None else bias)
+        return SimpleNamespace(learning_rate=lr, bound=bound, diverged=diverged, step=step)
+
+    # a passing round with much room grows (at most JUMP = 10x), with little room stops
+    assert following_step([r(1e-5, 0.001)], 0.05) == pytest.approx(1e-4)
+    assert following_step([r(1e-5, 0.011)], 0.05) == pytest.approx(1e-5 * 0.7 * 0.05 / 0.011)
+    assert following_step([r(1e-5, 0.03)], 0.05) is None
+    # never past the geometric mean with a failed step above
+    assert following_step([r(4e-5, 0.2), r(1e-5, 0.001)], 0.05) == pytest.approx(2e-5)
+    # a failure above a passing step ends the search; a first failure steps down
+    assert following_step([r(1e-5, 0.01), r(3e-5, 0.2)], 0.05) is None
+    assert following_step([r(1e-3, 0.14)], 0.05) == pytest.approx(1e-3 * 0.7 * 0.05 / 0.14)
+    assert following_step([r(1e-3, math.inf, diverged=3)], 0.05) == pytest.approx(1e-4)

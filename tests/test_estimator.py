@@ -19,6 +19,7 @@ from lambdahat.samplers import Info
 
 def test_public_surface_is_pinned():
     assert set(lambdahat.__all__) == {
+        "AccuracyCheck",
         "Calibration",
         "CalibrationError",
         "GridSearchConfig",
@@ -35,6 +36,7 @@ def test_public_surface_is_pinned():
         "calibrate",
         "calibrate_problem",
         "calibrated_estimator",
+        "check_accuracy",
         "llc_over_checkpoints",
         "loss_gain",
         "loss_kernel",

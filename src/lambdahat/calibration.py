@@ -16,10 +16,13 @@ companion; its rules:
 2. *Stability*: short pilots (2 chains, at most :data:`STABILITY_STEPS` steps) divide ε by :data:`JUMP` until no
    chain diverges and λ̂ > 0; divergence far from the posterior's scale is cheap to see, so no full round is spent
    on it.
-3. *Round* at ε: the main run and its step companion give ``b ± SE``. The round is accepted when
-   ``|b| + SE ≤ max_step_bias`` (the trust policy's step check). Otherwise the next step is
+3. *Round* at ε: the main run and its step companion give ``b ± SE``. The round passes when
+   ``|b| + SE ≤ max_step_bias`` (default 5 %, half the trust policy's limit). After a failed round the next step is
    ``ε · clip(AIM · b_max / |b|, 1/JUMP, 1/1.5)`` (the bias is linear in ε; ``AIM`` = 0.7 leaves room for the
-   noise of ``b``); a round with diverged chains divides ε by :data:`JUMP`.
+   noise of ``b``); a round with diverged chains divides ε by :data:`JUMP`. After a passing round whose bias leaves
+   room the step grows the same way (at least 1.5x, at most JUMP, never past a failed step): a larger step mixes
+   faster at the same accuracy (a language model's first round had a bias of 0.7 % and its chains had not spread).
+   The chosen step is the largest that passed.
 4. *Budget*: rounds run while their chain-steps fit in ``budget`` (default :data:`BUDGET_RUNS` main runs) and, when
    given, ``budget_seconds``. When no round was accepted, the best one (smallest ``|b| + SE``, no divergence) is
    returned, untrusted by the step check, with the reason.
@@ -36,7 +39,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,6 +70,9 @@ __all__ = [
     "calibrate",
     "calibrate_problem",
     "calibrated_estimator",
+    "following_step",
+    "next_step",
+    "start_step",
 ]
 
 #: Default largest ``|b| + SE`` of an accepted round: half the trust policy's limit on the step check (10 %), so the
@@ -359,6 +365,34 @@ def next_step(learning_rate: float, bias: float, max_step_bias: float) -> float:
     return learning_rate * factor
 
 
+def following_step(rounds: Sequence[Any], max_step_bias: float) -> float | None:
+    """The step of the next round after ``rounds`` (objects with ``learning_rate``, ``diverged`` chains, ``bound``
+    ``= |b| + SE`` and ``step``, the step check), or ``None`` when the search is done.
+
+    After a round within the bias: a larger step (faster mixing), the linear model's step for ``AIM · b_max`` from
+    the round's bound ``|b| + SE``, at most :data:`JUMP` times larger and never past the geometric mean with a failed
+    step above; done when that is less than 1.5x. After a failed round: done when a smaller step passed, else down
+    as in :func:`next_step` (by :data:`JUMP` after a divergence).
+    """
+
+    def ok(r: Any) -> bool:
+        return r.diverged == 0 and r.bound <= max_step_bias
+
+    last = rounds[-1]
+    if ok(last):
+        grow = min(AIM * max_step_bias / max(last.bound, 1e-12), JUMP)
+        above = [r.learning_rate for r in rounds if not ok(r) and r.learning_rate > last.learning_rate]
+        target = last.learning_rate * grow
+        if above:
+            target = min(target, math.sqrt(last.learning_rate * min(above)))
+        return target if target >= 1.5 * last.learning_rate else None
+    if any(ok(r) and r.learning_rate < last.learning_rate for r in rounds):
+        return None
+    if last.diverged:
+        return last.learning_rate / JUMP
+    return next_step(last.learning_rate, last.step.bias if last.step else math.nan, max_step_bias)
+
+
 class _Search:
     """Runs the pilots and rounds within the budget and keeps the table."""
 
@@ -530,18 +564,20 @@ def calibrate_problem(
 
     rounds: list[_Round] = []
     options = {"max_step_bias": max_step_bias}
+    cost = round(1.5 * config.chains * config.total_steps)
     while True:
         r = search.round(lr, options, per_sample_path)
         rounds.append(r)
-        if r.diverged == 0 and r.bound <= max_step_bias:
-            break
-        lr = lr / JUMP if r.diverged else next_step(lr, r.step.bias if r.step else math.nan, max_step_bias)
-        cost = round(1.5 * config.chains * config.total_steps)
-        if lr < LR_MIN or not search.affordable(cost):
+        lr = following_step(rounds, max_step_bias)
+        if lr is None or lr < LR_MIN or not search.affordable(cost):
             break
 
+    good = [r for r in rounds if r.diverged == 0 and r.bound <= max_step_bias]
     finite = [r for r in rounds if r.diverged == 0 and math.isfinite(r.bound)]
-    chosen = rounds[-1] if not finite else min(finite, key=lambda r: r.bound)
+    if good:  # the largest step within the bias: the fastest mixing at that accuracy
+        chosen = max(good, key=lambda r: r.learning_rate)
+    else:
+        chosen = rounds[-1] if not finite else min(finite, key=lambda r: r.bound)
     accepted = chosen.diverged == 0 and chosen.bound <= max_step_bias
     step = chosen.step
     if accepted:
