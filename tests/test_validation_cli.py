@@ -82,5 +82,8 @@ def test_validate_scale_runs_auto_with_the_checks(monkeypatch):
     result = CliRunner().invoke(app, ["validate", "--scale", "1e3"])
     assert result.exit_code == 0, result.output
     assert "dln_16-16-16-16-16_r3_rot" in result.output and "1024" in result.output
+
+
+def test_validate_scale_refuses_an_unknown_size():
     bad = CliRunner().invoke(app, ["validate", "--scale", "1e9"])
     assert bad.exit_code == 2 and "unknown sizes" in bad.output

@@ -667,7 +667,7 @@ def describe() -> str:
 
     Examples
     --------
-    >>> describe()[:59]
-    'step bias |b| + SE > 0.05, localization bias |b| + SE > 0.1'
+    >>> describe()[:58]
+    'step bias |b| + SE > 0.1, localization bias |b| + SE > 0.1'
     """
     return ", ".join(rule.short for rule in RULES) + ", or a diverged chain"
