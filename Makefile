@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints-dev.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints-dev.txt -e ".[test,ray,lm]"
+	$(PY) -m pip install -q -c constraints-dev.txt -e ".[test,ray,lm,interop]"
 	touch $(STAMP)
 
 demo: $(STAMP)

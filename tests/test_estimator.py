@@ -48,6 +48,8 @@ def test_public_surface_is_pinned():
         "prepare",
         "sample",
         "susceptibilities",
+        "to_arviz",
+        "to_xarray",
     }
     for name in lambdahat.__all__:
         assert hasattr(lambdahat, name)

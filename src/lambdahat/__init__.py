@@ -39,6 +39,8 @@ _EXPORTS = {
     "Sampler": "samplers",
     "Susceptibilities": "susceptibility",
     "susceptibilities": "susceptibility",
+    "to_arviz": "interop",
+    "to_xarray": "interop",
     "GridSearchConfig": "sweeps",
     "LLCGridSearch": "sweeps",
     "llc_over_checkpoints": "sweeps",
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from .config import LLCConfig
     from .estimator import LLCEstimator, nbeta_from_effective_size, sample
     from .influence import LossKernel, bif, loss_gain, loss_kernel
+    from .interop import to_arviz, to_xarray
     from .plotting import plot_diagnostics, plot_trace
     from .problem import Problem, prepare
     from .result import LLCResult
@@ -118,4 +121,6 @@ __all__ = [
     "prepare",
     "sample",
     "susceptibilities",
+    "to_arviz",
+    "to_xarray",
 ]

@@ -310,6 +310,20 @@ class LLCResult:
             trust_notes=verdict.notes,
         )
 
+    def to_arviz(self) -> Any:
+        """The traces as ArviZ data (:func:`lambdahat.interop.to_arviz`): ``arviz.rhat``, ``arviz.ess`` and
+        ``arviz.plot_trace`` read them. Needs ``pip install "lambdahat[interop]"``."""
+        from .interop import to_arviz
+
+        return to_arviz(self)
+
+    def to_xarray(self) -> Any:
+        """The traces, and the per-sample losses when recorded, as an ``xarray.Dataset`` with named dimensions
+        (:func:`lambdahat.interop.to_xarray`); ``.to_netcdf(path)`` writes it. Needs ``lambdahat[interop]``."""
+        from .interop import to_xarray
+
+        return to_xarray(self)
+
     @property
     def llc_stderr(self) -> float:
         """Standard error of ``llc_mean`` across the kept chains (``llc_std / sqrt(chains kept)``)."""

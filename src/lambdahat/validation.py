@@ -178,6 +178,7 @@ def run_validation(
     ray_init_options: Mapping[str, Any] | None = None,
     cases: Sequence[truth.TruthCase] | None = None,
     settings: Mapping[str, CaseSettings] | None = None,
+    checks: str = "all",
 ) -> pd.DataFrame:
     """Estimate λ̂ on every validation case and tabulate it against the truth.
 
@@ -204,6 +205,9 @@ def run_validation(
         The cases (default ``truth.default_cases(quick)``); names must be distinct.
     settings:
         The settings of every case, by name (default ``SETTINGS``).
+    checks:
+        The accuracy checks of every case (``LLCConfig.checks``; default ``"all"``: the verdicts then rest on the
+        measured step, localization and relaxation biases, not on proxies).
 
     Returns
     -------
@@ -232,7 +236,9 @@ def run_validation(
     if missing:
         raise ValueError(f"run_validation: no settings for case(s) {missing}; add a CaseSettings for each.")
     nbetas = {c.name: nbeta_from_effective_size(c.n) for c in cases}
-    configs = {c.name: settings[c.name].config(nbetas[c.name], calibrate) for c in cases}
+    configs = {
+        c.name: settings[c.name].config(nbetas[c.name], calibrate).replace(checks=checks) for c in cases
+    }
     options = {"devices": devices, "compile": compile, "seed": seed, "chain_batch": None}
     points = [
         {
