@@ -445,7 +445,7 @@ class _Search:
         self._row("stability", lr, result, cfg.chains * cfg.total_steps, None, note == "stable", note)
         return note == "stable", note
 
-    def round(self, lr: float, checks: dict[str, Any], per_sample_path) -> _Round:
+    def run_round(self, lr: float, max_step_bias: float, per_sample_path) -> _Round:
         """The main run at ``lr`` and its step check."""
         cfg = self.config.replace(learning_rate=lr)
         result = run_chains(
@@ -456,7 +456,7 @@ class _Search:
             step = check_accuracy(self.problem, cfg, result, checks=("step",), **self.run_options).get("step")
         self.spent += round(1.5 * cfg.chains * cfg.total_steps)
         r = _Round(lr, result, step)
-        limit = checks["max_step_bias"]
+        limit = max_step_bias
         accepted = r.diverged == 0 and r.bound <= limit
         if r.diverged:
             note = f"{r.diverged}/{cfg.chains} chains diverged"
@@ -563,10 +563,9 @@ def calibrate_problem(
             )
 
     rounds: list[_Round] = []
-    options = {"max_step_bias": max_step_bias}
     cost = round(1.5 * config.chains * config.total_steps)
     while True:
-        r = search.round(lr, options, per_sample_path)
+        r = search.run_round(lr, max_step_bias, per_sample_path)
         rounds.append(r)
         lr = following_step(rounds, max_step_bias)
         if lr is None or lr < LR_MIN or not search.affordable(cost):
