@@ -3,10 +3,17 @@
 Every case of ``lambdahat validate`` (the cases the settings were tuned on) and a held-out set (other sizes, ranks
 and exponents, never used to choose a threshold) runs at settings around its well-tuned ones: the step at
 ×½, ×1, ×2 and ×4 of the validation's, the localization at ×1 and ×10. Each run makes the three accuracy checks
-(``checks="all"``) and is labelled *accurate* when λ̂ lies within 10 % of the exact value: the exact finite-nβ
-posterior mean at the run's γ where the case has one (regular, monomial, radial), Aoyagi's λ otherwise (reduced-rank
-regression, deep linear networks). The policy's verdict with the checks (``status == "ok"``) and its verdict from
-the proxies alone (the same run judged without the checks) are both tabulated.
+(``checks="all"``). Two questions, each with its label and verdict:
+
+* *Is λ̂ within 10 % of λ?* (``accurate_lambda``, Aoyagi's or the closed-form λ) against the policy's verdict with
+  all three checks (``trusted``: ``status == "ok"``).
+* *Did the chains sample the localized posterior at the run's γ to within 10 %?* (``accurate``: against the exact
+  finite-nβ posterior mean at that γ where the case has one, regular, monomial and radial; λ otherwise) against
+  the verdict with the step and start checks only (``trusted_sampling``; the localization check asks about γ, which
+  this label takes as given).
+
+Both are compared with the verdict from the proxies alone (``trusted_by_proxies``: the same run judged without the
+checks).
 
 Run: ``python benchmarks/trust_confusion.py [--held-out-only] [--cases a,b] [--out runs.csv]``.
 """
@@ -78,6 +85,14 @@ def run_case(case: truth.TruthCase, settings: CaseSettings, set_name: str, seed:
                 warnings.simplefilter("ignore")
                 result = sample(problem, config, seed=seed, show_progress=False, warn=False)
                 proxies = result.rejudged({**result.settings, "accuracy": {}}, warn=False)
+                measured = result.settings["accuracy"]
+                sampling = result.rejudged(
+                    {
+                        **result.settings,
+                        "accuracy": {k: v for k, v in measured.items() if k != "localization"},
+                    },
+                    warn=False,
+                )
             reference, kind = (
                 case.reference(nbeta, gamma, 0.0) if case.target is not None else (case.true_lambda, "λ")
             )
@@ -95,9 +110,12 @@ def run_case(case: truth.TruthCase, settings: CaseSettings, set_name: str, seed:
                     reference=reference,
                     reference_kind=kind,
                     llc_mean=result.llc_mean,
+                    llc_stderr=result.llc_stderr,
                     rel_error=rel,
                     accurate=abs(rel) <= ACCURATE,
+                    accurate_lambda=abs(result.llc_mean / case.true_lambda - 1) <= ACCURATE,
                     trusted=result.status == "ok",
+                    trusted_sampling=sampling.status == "ok",
                     trusted_by_proxies=proxies.status == "ok",
                     **{
                         f"{name}_{key}": (checks.get(name) or {}).get(field)
@@ -119,15 +137,16 @@ def run_case(case: truth.TruthCase, settings: CaseSettings, set_name: str, seed:
     return rows
 
 
-def confusion(df: pd.DataFrame, column: str) -> dict:
-    tp = int((df[column] & df.accurate).sum())
-    fp = int((df[column] & ~df.accurate).sum())
-    fn = int((~df[column] & df.accurate).sum())
-    tn = int((~df[column] & ~df.accurate).sum())
+def confusion(df: pd.DataFrame, column: str, label: str) -> dict:
+    tp = int((df[column] & df[label]).sum())
+    fp = int((df[column] & ~df[label]).sum())
+    fn = int((~df[column] & df[label]).sum())
+    tn = int((~df[column] & ~df[label]).sum())
     precision = tp / (tp + fp) if tp + fp else math.nan
     recall = tp / (tp + fn) if tp + fn else math.nan
     return dict(
         verdict=column,
+        label=label,
         runs=len(df),
         trusted_accurate=tp,
         trusted_wrong=fp,
@@ -168,8 +187,13 @@ def main() -> None:
         df.to_csv(args.out, index=False)
     table = []
     for name, part in [("all", df), *df.groupby("set")]:
-        for column in ("trusted", "trusted_by_proxies"):
-            table.append({"set": name, **confusion(part, column)})
+        for column, label in (
+            ("trusted", "accurate_lambda"),
+            ("trusted_by_proxies", "accurate_lambda"),
+            ("trusted_sampling", "accurate"),
+            ("trusted_by_proxies", "accurate"),
+        ):
+            table.append({"set": name, **confusion(part, column, label)})
     print(pd.DataFrame(table).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"load after: {loadavg()}")
 

@@ -169,7 +169,8 @@ def test_step_check_measures_the_exact_step_bias_of_a_gaussian(eps_kappa):
 
 @slow
 def test_localization_check_measures_the_exact_shrinkage_of_a_gaussian():
-    """``λ̂(γ) − λ̂(γ/2)`` over λ̂(γ) against the exact stationary values at both γ; tolerance 4 SE + 1 %."""
+    """``2 (λ̂(γ) − λ̂(γ/2))`` over λ̂(γ) against the exact stationary values at both γ; tolerance 4 SE + 2 %
+    (the 1 % of the finite burn-in, doubled by the extrapolation)."""
     case = truth.regular_case(4, a=0.02, n=N)  # nβh = 2.9 against γ = 5: the localization removes most of λ
     config = LLCConfig(
         draws=2000, chains=8, burnin_steps=2000, learning_rate=2e-3, localization=5.0, nbeta=NBETA
@@ -179,9 +180,9 @@ def test_localization_check_measures_the_exact_shrinkage_of_a_gaussian():
     check = check_accuracy(problem, config, result, checks=("localization",))["localization"]
     at_gamma, _ = case.reference(NBETA, 5.0, 2e-3)
     at_half, _ = case.reference(NBETA, 2.5, 2e-3)
-    exact = (at_gamma - at_half) / at_gamma
+    exact = 2 * (at_gamma - at_half) / at_gamma  # extrapolated to γ → 0 to first order
     assert exact < -0.2
-    assert abs(check.bias - exact) <= 4 * check.bias_stderr + 0.01, (check, exact)
+    assert abs(check.bias - exact) <= 4 * check.bias_stderr + 0.02, (check, exact)
     assert not check.passed
 
 
