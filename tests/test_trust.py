@@ -322,3 +322,13 @@ def test_the_runners_recorded_acceptance_kind_wins():
     )
     assert r.acceptance_kind == "exact" and r.to_metrics()["acceptance_kind"] == "exact"
     assert r.trust_reasons == ("acceptance 0.80 < 0.9",) and "computed exactly" in r.warnings[0]
+
+
+def test_checks_not_made_are_named_in_the_notes():
+    class Check:
+        bias, bias_stderr = 0.01, 0.01
+
+    verdict = assess(**GOOD, accuracy={"step": Check()})
+    assert verdict.ok
+    assert any("accuracy checks not made: localization, start" in note for note in verdict.notes)
+    assert not any("accuracy checks not made" in n for n in assess(**GOOD).notes)

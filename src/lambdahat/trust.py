@@ -608,6 +608,12 @@ def assess(
             "configurational temperature not checked (no sampled dimension known, or a bounding box, whose "
             "walls break the identity E[(w − w*)·∇U] = d)."
         )
+    missing = [name for name in MAX_CHECK_BIAS if evidence.accuracy and name not in evidence.accuracy]
+    if missing:
+        notes.append(
+            f"accuracy checks not made: {', '.join(missing)} (not asked for, or localization = 0, which the "
+            "localization and start checks need); the proxies of those biases judge instead."
+        )
     if not evidence.accuracy:
         notes.append(
             "accuracy not measured: the verdict rests on proxies; lambdahat.check_accuracy (or checks= in the "
