@@ -175,7 +175,7 @@ def to_arviz(result: LLCResult) -> arviz.InferenceData | xarray.DataTree:
     Parameters
     ----------
     result:
-        The result of :func:`lambdahat.sample` or :meth:`lambdahat.LLCEstimator.estimate`.
+        The result of :func:`lambdahat.sample` or :meth:`lambdahat.LLCEstimator.run`.
 
     Returns
     -------
@@ -244,7 +244,7 @@ def to_xarray(result: LLCResult) -> xarray.Dataset:
     Parameters
     ----------
     result:
-        The result of :func:`lambdahat.sample` or :meth:`lambdahat.LLCEstimator.estimate`.
+        The result of :func:`lambdahat.sample` or :meth:`lambdahat.LLCEstimator.run`.
 
     Returns
     -------
