@@ -261,7 +261,7 @@ class LLCEstimator:
             A device or a list of devices; chain batches are spread over them and run concurrently.
         chain_batch:
             Chains per device call (``None``: all chains of a device at once; ``"auto"``: as many as the free memory
-        holds, see :func:`lambdahat.problem.run_chains`). Results do not depend on it.
+            holds, see :func:`lambdahat.problem.run_chains`). Results do not depend on it.
         seed:
             Master seed. Chain ``c`` draws its noise from a stream derived from ``(seed, c)`` only, and every
             chain sees the same data order, so per-chain results do not depend on ``chain_batch`` or ``devices``.
