@@ -13,7 +13,7 @@ minutes on a small CPU):
   a warm-up run of each; CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; CPU: the
   resident set's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``; ``mallopt`` makes glibc
   unmap freed blocks of 64 KiB or more so the resident set follows the live tensors);
-- ``chunk``: modadd (D = 4481, within the chunked range), ``compile=True`` with ``lambdahat.chains.CHUNK_STEPS``
+- ``chunk``: modadd (D = 4481, within the chunked range), ``compile=True`` with ``lambdahat.plan.CHUNK_STEPS``
   set to 1 and to 8: first call (compile included), steady seconds (median of 3), λ̂.
 
 Writes ``gpu_checks.json`` and ``gpu_checks.md`` to ``$OUT`` if set, else to the current directory, and prints the
@@ -43,7 +43,7 @@ from bench_common import floor_step, loadavg
 from estimator_speed import workload
 from torch.utils.data import DataLoader
 
-import lambdahat.chains
+import lambdahat.plan
 from lambdahat import LLCEstimator
 
 SECTIONS = ("dtype", "chain_batch", "memory", "chunk")
@@ -167,18 +167,18 @@ class Checks:
 
     def chunk(self):
         rows = {}
-        saved = lambdahat.chains.CHUNK_STEPS, lambdahat.chains.CHUNK_MIN_STEPS
+        saved = lambdahat.plan.CHUNK_STEPS, lambdahat.plan.CHUNK_MIN_CALLS
         try:
-            lambdahat.chains.CHUNK_MIN_STEPS = 0  # chunks whatever the planned work
+            lambdahat.plan.CHUNK_MIN_CALLS = 0  # chunks whatever the planned work
             for k in (1, 8):
-                lambdahat.chains.CHUNK_STEPS = k
+                lambdahat.plan.CHUNK_STEPS = k
                 model = workload("modadd")[0]  # a fresh model object: nothing compiled for it in memory
                 first, llcs, m = self.run("modadd", compile=True, model=model)
                 steady = statistics.median(self.run("modadd", compile=True, model=model)[0] for _ in range(3))
                 rows[str(k)] = {"first_s": first, "steady_s": steady, "llc_mean": statistics.fmean(llcs),
                                 "chunk_steps": m["chunk_steps"], "compiled": m["compiled"]}  # fmt: skip
         finally:
-            lambdahat.chains.CHUNK_STEPS, lambdahat.chains.CHUNK_MIN_STEPS = saved
+            lambdahat.plan.CHUNK_STEPS, lambdahat.plan.CHUNK_MIN_CALLS = saved
         if "1" in rows and "8" in rows:
             rows["speedup_8_over_1"] = rows["1"]["steady_s"] / rows["8"]["steady_s"]
         return rows

@@ -45,17 +45,4 @@ def loader(classification_data):
     return DataLoader(classification_data, batch_size=32, shuffle=True)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _own_compile_record(tmp_path_factory):
-    """The suite keeps its own compile record (lambdahat.chains.compiled_before): what this machine compiled
-    before must not change which steps a test compiles (chunks) or whether "auto" compiles."""
-    import lambdahat.chains as chains
-
-    path = str(tmp_path_factory.mktemp("compile-record") / "compiles.json")
-    original = chains._record_file
-    chains._record_file = lambda: path
-    yield
-    chains._record_file = original
-
-
 FAST = dict(draws=12, chains=4, burnin_steps=4, learning_rate=1e-3, localization=10.0)

@@ -48,10 +48,10 @@ def test_coarsened_noise_is_the_normalized_sum_of_the_fine_steps_noise():
     coarse = StepNoise(3, [0, 1], 5, torch.device("cpu"), torch.float32, coarsen=2)
     for t in range(4):
         expected = (fine.at(2 * t) + fine.at(2 * t + 1)) / math.sqrt(2)
-        torch.testing.assert_close(coarse.eager(), expected)
+        torch.testing.assert_close(coarse.current(), expected)
         coarse.advance()
-    with pytest.raises(RuntimeError, match="eager steps only"):
-        coarse.in_graph()
+    with pytest.raises(RuntimeError, match="one by one"):
+        coarse.following(8)
 
 
 def test_dispersed_starts_depend_on_seed_and_chain_only_and_respect_the_projection():

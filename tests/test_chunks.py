@@ -10,47 +10,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lambdahat.chains as chains
+import lambdahat.plan as plan
 from lambdahat import LLCEstimator
-
-
-def test_chunking_is_for_small_models_and_long_planned_work():
-    assert chains.chunk_steps_for(1000) == chains.CHUNK_STEPS > 1
-    assert chains.chunk_steps_for(1000, planned_steps=chains.CHUNK_MIN_STEPS) == chains.CHUNK_STEPS
-    assert (
-        chains.chunk_steps_for(1000, planned_steps=chains.CHUNK_MIN_STEPS - 1) == 1
-    )  # compiling it won't pay
-    assert chains.chunk_steps_for(chains.CHUNK_MAX_DIM + 1) == 1
-    # a chunk compiled before on this machine comes from inductor's caches: it pays over shorter work
-    warm = chains.CHUNK_MIN_STEPS_WARM
-    assert warm < chains.CHUNK_MIN_STEPS
-    assert chains.chunk_steps_for(1000, planned_steps=warm, warm=True) == chains.CHUNK_STEPS
-    assert chains.chunk_steps_for(1000, planned_steps=warm - 1, warm=True) == 1
-    assert chains.chunk_steps_for(chains.CHUNK_MAX_DIM + 1, planned_steps=warm, warm=True) == 1
-
-
-def test_a_recorded_chunk_makes_short_compiled_runs_take_chunks(tmp_path, monkeypatch):
-    """The compile record decides: a run of moderate length takes single steps until a chunk of its kind has been
-    compiled."""
-    from lambdahat import LLCConfig, prepare
-
-    monkeypatch.setattr(chains, "_record_file", lambda: str(tmp_path / "compiles.json"))
-    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-    data = TensorDataset(torch.randn(40, 4), torch.randint(0, 3, (40,)))
-    problem = prepare(model, DataLoader(data, batch_size=10), LLCConfig(), compile=True)
-    fm, sampler = problem.slots[0], LLCConfig().build_sampler()
-    planned = chains.CHUNK_MIN_STEPS_WARM
-    assert chains.chunk_steps_of(fm, sampler, planned_steps=planned) == 1
-    chains.record_compile(chains.compile_kind(fm, sampler, chains.CHUNK_STEPS), 60.0)
-    assert chains.chunk_steps_of(fm, sampler, planned_steps=planned) == chains.CHUNK_STEPS
-    assert chains.chunk_steps_of(fm, sampler, planned_steps=planned - 1) == 1
 
 
 @pytest.mark.slow
 def test_compiled_chunks_equal_eager_steps(monkeypatch):
     """Chunks of 3 on passes of batches [32, 32, 32, 4]: whole chunks, the short batch of each pass in a single
     step, and a last chunk trimmed to the 17 steps of the run."""
-    monkeypatch.setattr(chains, "CHUNK_STEPS", 3)
-    monkeypatch.setattr(chains, "CHUNK_MIN_STEPS", 0)
+    monkeypatch.setattr(plan, "CHUNK_STEPS", 3)
+    monkeypatch.setattr(plan, "CHUNK_MIN_CALLS", 0)
     samples = 100
     g = torch.Generator().manual_seed(0)
     x = torch.randn(samples, 4, generator=g)
@@ -69,13 +38,9 @@ def test_compiled_chunks_equal_eager_steps(monkeypatch):
 
 
 @pytest.mark.slow
-def test_batches_of_varying_shapes_compile_with_dynamic_shapes(tmp_path, monkeypatch):
+def test_batches_of_varying_shapes_compile_with_dynamic_shapes():
     """A loader that is not a TensorDataset (here a list of batches of 24 and 16 rows) may change shapes from batch
-    to batch: its compiled step keeps torch's automatic dynamic shapes, the record says so, and the chains equal
-    the eager ones."""
-    monkeypatch.setattr(
-        chains, "_record_file", lambda: str(tmp_path / "compiles.json")
-    )  # this test's record only
+    to batch: its compiled step keeps torch's automatic dynamic shapes, and the chains equal the eager ones."""
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
     batches = [(x[:24], y[:24]), (x[24:], y[24:])]
@@ -88,10 +53,7 @@ def test_batches_of_varying_shapes_compile_with_dynamic_shapes(tmp_path, monkeyp
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
     from lambdahat import LLCConfig, prepare
 
-    fm = prepare(model, batches, LLCConfig()).slots[0]
-    sampler = LLCConfig().build_sampler()
-    assert chains.compiled_before(chains.compile_kind(fm, sampler, 1, static_shapes=False)) is not None
-    assert chains.compiled_before(chains.compile_kind(fm, sampler, 1, static_shapes=True)) is None
+    assert not prepare(model, batches, LLCConfig())._static_shapes()
 
 
 def _recording_compile(graphs: list):
@@ -136,21 +98,3 @@ def test_a_static_step_compiles_every_new_shape_as_a_static_graph(monkeypatch):
     )
     assert est.get_metrics()["compiled"] is True
     assert len(graphs) >= 3 and not any(graphs)  # (32 rows, 2 chains), (4, 2), (32, 1), ...
-
-
-def test_the_compile_record_is_read_once_until_it_changes(tmp_path, monkeypatch):
-    """A run asks the record for several kinds (chunk, step) and a sweep at every point: the file is read again
-    only when it has changed, and a recorded compile is seen at once."""
-    monkeypatch.setattr(chains, "_record_file", lambda: str(tmp_path / "compiles.json"))
-    assert chains.compiled_before("a") is None  # no file yet
-    chains.record_compile("a", 1.0)
-    loads = []
-    real_load = chains.json.load
-    monkeypatch.setattr(chains.json, "load", lambda f: loads.append(1) or real_load(f))
-    assert [chains.compiled_before(k) for k in ("a", "b", "a")] == [1.0, None, 1.0]
-    assert len(loads) == 1
-    chains.record_compile(
-        "b", 2.5
-    )  # reads the file afresh (another process may have written it), then writes it
-    assert chains.compiled_before("b") == 2.5 and chains.compiled_before("a") == 1.0
-    assert len(loads) == 3

@@ -1,100 +1,71 @@
-"""Per-chain counter-based noise: Philox4x32-10 known answers, independence of batching, blocks and compilation,
-standard normal moments, independence across chains, steps and seeds."""
+"""Per-chain noise streams: independence of batching and blocks, standard normal moments, independence across
+chains, steps, seeds and purposes, and the seed's validation."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from lambdahat.rng import (
-    ChainNoise,
-    chain_key,
-    chain_keys,
-    gaussian,
-    gaussian_eager,
-    noise_block_steps,
-    philox4x32,
-    resolve_seed,
-)
-
-# Known-answer vectors of Philox4x32-10 published with Random123 (kat_vectors): (counter, key, output).
-KAT = [
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    (
-        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
-        (0xA4093822, 0x299F31D0),
-        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
-    ),
-]
+import lambdahat.rng as rng
+from lambdahat.rng import ChainNoise, chain_sequence, noise_block_steps, resolve_seed, start_noise
 
 
-def _kat_inputs():
-    columns = list(zip(*[(*c, *k) for c, k, _ in KAT]))
-    return [torch.tensor(col, dtype=torch.int64) for col in columns]
-
-
-def test_philox_matches_the_published_known_answers():
-    out = philox4x32(*_kat_inputs())
-    expected = torch.tensor([o for _, _, o in KAT], dtype=torch.int64).T
-    assert torch.equal(torch.stack(out), expected)
-
-
-@pytest.mark.slow
-def test_philox_known_answers_hold_when_compiled():
-    """The wrapping 64-bit products must survive code generation (inductor's C++ here)."""
-    out = torch.compile(philox4x32)(*_kat_inputs())
-    expected = torch.tensor([o for _, _, o in KAT], dtype=torch.int64).T
-    assert torch.equal(torch.stack(out), expected)
+def _stream(seed: int, chains, steps: int, dim: int, dtype=torch.float64) -> torch.Tensor:
+    """``[steps, chains, D]`` of a fresh ChainNoise."""
+    noise = ChainNoise(seed, chains, dim, "cpu", dtype)
+    return torch.stack([noise.at(t) for t in range(steps)])
 
 
 @pytest.mark.parametrize("dim", [3, 50_000])
 def test_a_chain_stream_does_not_depend_on_its_batch_or_blocks(dim):
     steps = 2 * noise_block_steps(dim) + 3  # crosses block refills
-    together = ChainNoise(7, [0, 1, 2], dim, torch.device("cpu"), torch.float32)
-    alone = ChainNoise(7, [1], dim, torch.device("cpu"), torch.float32)
-    keys = chain_keys(7, [1])
-    for step in range(steps):
-        torch.testing.assert_close(together.at(step)[1], alone.at(step)[0], rtol=0, atol=0)
-    # random access (a later step first, then an earlier one) gives the same numbers
-    torch.testing.assert_close(
-        alone.at(steps - 1)[0], gaussian(keys, torch.tensor(steps - 1), dim, torch.float32)[0]
+    together = _stream(7, [0, 1, 2], steps, dim, torch.float32)
+    alone = _stream(7, [1], steps, dim, torch.float32)
+    assert torch.equal(together[:, 1], alone[:, 0])
+
+
+def test_a_stream_is_the_chains_numpy_stream_whatever_the_block(monkeypatch):
+    """Step t holds the numbers t·D … (t+1)·D − 1 of the chain's PCG64 stream, with blocks of any size."""
+    dim, steps = 5, 11
+    expected = np.random.Generator(np.random.PCG64(chain_sequence(3, 2))).standard_normal(
+        steps * dim, dtype=np.float32
     )
-    torch.testing.assert_close(alone.at(1)[0], gaussian(keys, torch.tensor(1), dim, torch.float32)[0])
+    monkeypatch.setattr(rng, "NOISE_BLOCK_STEPS", 4)
+    got = _stream(3, [2], steps, dim, torch.float32)[:, 0].flatten()
+    assert torch.equal(got, torch.from_numpy(expected))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_eager_blocks_equal_the_functional_generator(dtype):
-    keys = chain_keys(3, [0, 5, 9])
-    block = gaussian_eager(keys, 2**32 - 2, 4, 13, dtype)  # crosses the counter's 32-bit word
-    functional = gaussian(keys, torch.arange(2**32 - 2, 2**32 + 2), 13, dtype)
-    assert torch.equal(block, functional)
+def test_skipping_ahead_gives_the_numbers_a_full_reading_gives():
+    dim = 7
+    full = _stream(1, [0, 1], 3 * noise_block_steps(dim), dim)
+    jumped = ChainNoise(1, [0, 1], dim, "cpu", torch.float64)
+    late = 2 * noise_block_steps(dim) + 1
+    assert torch.equal(jumped.at(late), full[late])
+    with pytest.raises(ValueError, match="read in order"):
+        jumped.at(0)
 
 
-def test_eager_slices_give_the_same_numbers(monkeypatch):
-    import lambdahat.rng as rng
-
-    keys = chain_keys(5, [0, 1])
-    whole = gaussian_eager(keys, 3, 2, 1001, torch.float32)
-    monkeypatch.setattr(rng, "EAGER_SLICE_COUNTERS", 7)  # 251 counters per chain and step: slices of 1
-    assert torch.equal(gaussian_eager(keys, 3, 2, 1001, torch.float32), whole)
+def test_steps_returns_a_block_of_consecutive_steps():
+    noise = ChainNoise(2, [0, 3], 9, "cpu", torch.float32)
+    reference = _stream(2, [0, 3], 20, 9, torch.float32)
+    assert torch.equal(noise.steps(0, 8), reference[:8])
+    assert torch.equal(noise.steps(8, 8), reference[8:16])
 
 
-@pytest.mark.slow
-def test_compiled_generator_equals_eager():
-    keys = chain_keys(1, [0, 1])
-    eager = gaussian(keys, torch.tensor(17), 1001, torch.float32)
-    compiled = torch.compile(lambda k, t: gaussian(k, t, 1001, torch.float32))(keys, torch.tensor(17))
-    # the integer words are exact; log/sin/cos may round differently in generated code
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+def test_float64_runs_draw_float64_numbers_and_reduced_precision_float32_ones():
+    assert ChainNoise(0, [0], 4, "cpu", torch.float64).at(0).dtype == torch.float64
+    half = ChainNoise(0, [0], 4, "cpu", torch.bfloat16).at(0)
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half, ChainNoise(0, [0], 4, "cpu", torch.float32).at(0).to(torch.bfloat16))
 
 
 def test_noise_is_standard_normal():
     """n = 2e5 numbers: the mean has standard error 1/sqrt(n), the variance sqrt(2/n), the fourth moment
     sqrt(96/n) (E z⁸ − (E z⁴)² = 105 − 9); allow 5 of each."""
-    x = gaussian(chain_keys(1, [0, 1]), torch.arange(100), 1000, torch.float64).flatten()
+    x = _stream(1, [0, 1], 100, 1000).flatten()
     n = x.numel()
     assert abs(x.mean().item()) < 5 / math.sqrt(n)
     assert abs(x.var().item() - 1) < 5 * math.sqrt(2 / n)
@@ -104,46 +75,35 @@ def test_noise_is_standard_normal():
     assert abs((x.abs() > 3).double().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
 
 
-def test_chain_keys_differ_across_chains_and_seeds():
-    keys = {chain_key(s, c) for s in range(20) for c in range(20)}
-    assert len(keys) == 400  # no two (seed, chain) pairs share a stream
-
-
-def test_streams_are_uncorrelated_across_chains_steps_and_seeds():
+def test_streams_are_uncorrelated_across_chains_steps_seeds_and_purposes():
     """Pairwise correlations over n = 2e5 numbers each have standard error 1/sqrt(n) under independence; allow 5:
-    8 chains of one seed, the same chain under neighbouring seeds, and a chain's consecutive steps."""
-    x = gaussian(chain_keys(3, range(8)), torch.arange(200), 1000, torch.float64)  # [steps, chains, D]
+    8 chains of one seed, the same chain under neighbouring seeds, a chain's consecutive steps, and its noise
+    against its starting draw."""
+    x = _stream(3, range(8), 200, 1000)  # [steps, chains, D]
     per_chain = x.permute(1, 0, 2).reshape(8, -1)
     n = per_chain.shape[1]
     corr = torch.corrcoef(per_chain)
     assert corr[~torch.eye(8, dtype=torch.bool)].abs().max() < 5 / math.sqrt(n)
-    seeds = torch.stack(
-        [gaussian(chain_keys(s, [0]), torch.arange(200), 1000, torch.float64).flatten() for s in (3, 4, 5)]
-    )
+    seeds = torch.stack([_stream(s, [0], 200, 1000).flatten() for s in (3, 4, 5)])
     corr = torch.corrcoef(seeds)
     assert corr[~torch.eye(3, dtype=torch.bool)].abs().max() < 5 / math.sqrt(n)
     lagged = torch.corrcoef(torch.stack([x[:-1, 0].flatten(), x[1:, 0].flatten()]))[0, 1]
     assert abs(lagged) < 5 / math.sqrt(n)
+    start = start_noise(3, [0], 200 * 1000, "cpu", torch.float64)[0]
+    assert abs(torch.corrcoef(torch.stack([start, x[:, 0].flatten()]))[0, 1]) < 5 / math.sqrt(n)
 
 
-def test_no_number_repeats_within_or_across_streams():
-    """Philox is a bijection of the counter for each key, so the 32-bit words of distinct counters never repeat
-    within a key; across keys a repeat of a whole 128-bit block would mean overlapping streams."""
-    keys = chain_keys(0, [0, 1]).tolist() + chain_keys(1, [0]).tolist()
-    blocks = set()
-    j = torch.arange(4096, dtype=torch.int64)
-    for k0, k1 in keys:
-        for t in range(8):
-            words = philox4x32(
-                j,
-                torch.full_like(j, t),
-                torch.zeros_like(j),
-                torch.zeros_like(j),
-                torch.tensor(k0),
-                torch.tensor(k1),
-            )
-            blocks.update(zip(*(w.tolist() for w in words)))
-    assert len(blocks) == 3 * 8 * 4096
+def test_start_noise_depends_on_seed_and_chain_only():
+    both = start_noise(4, [0, 1], 6, "cpu", torch.float32)
+    assert torch.equal(both[1], start_noise(4, [1], 6, "cpu", torch.float32)[0])
+    assert not torch.equal(both[0], start_noise(5, [0], 6, "cpu", torch.float32)[0])
+
+
+def test_distinct_seeds_chains_and_purposes_give_distinct_streams():
+    states = {
+        tuple(chain_sequence(s, c, k).generate_state(4)) for s in range(10) for c in range(10) for k in (0, 1)
+    }
+    assert len(states) == 200
 
 
 def test_resolve_seed():

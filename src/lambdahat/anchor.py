@@ -27,12 +27,13 @@ __all__ = ["Anchor", "anchor_loss_and_direction", "anchor_pass"]
 
 
 class Anchor(NamedTuple):
-    """What one pass at ``w*`` gives: ``init_loss`` (L0), the unit gradient ``direction`` (or None) and the number
-    of ``batches`` in a pass."""
+    """What one pass at ``w*`` gives: ``init_loss`` (L0), the unit gradient ``direction`` (or None), the number
+    of ``batches`` in a pass and the samples (tokens) that ``counted`` in it."""
 
     init_loss: float
     direction: torch.Tensor | None
     batches: int
+    counted: float
 
 
 def anchor_loss_and_direction(
@@ -68,13 +69,13 @@ def anchor_pass(fm: FunctionalModel, feed: DataFeed, with_direction: bool) -> An
             "estimate_llc: no sample of the data counts towards the loss (every target is the ignore index -100, "
             "or every mask is 0); pass data with targets that count."
         )
-    init_loss = float(total / count)
+    init_loss, counted = float(total / count), float(count)
     if not with_direction:
-        return Anchor(init_loss, None, batches)
+        return Anchor(init_loss, None, batches, counted)
     norm = grad_sum.norm()
     if not torch.isfinite(norm) or norm == 0:
         raise ValueError(
             "estimate_llc: restrict_to_orth_grad=True needs a non-zero, finite full-batch gradient at w*; "
             f"its norm is {float(norm)}. Use restrict_to_orth_grad=False at an exact critical point."
         )
-    return Anchor(init_loss, (grad_sum / norm).to(fm.param_dtype), batches)
+    return Anchor(init_loss, (grad_sum / norm).to(fm.param_dtype), batches, counted)

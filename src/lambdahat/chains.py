@@ -5,13 +5,13 @@ One step for all ``C`` chains of a batch is a single call of
 .. code-block:: text
 
     grad, loss = vmap(grad_and_value(loss_fn))(theta[C, D], x, y)     # one batched forward+backward
-    noise = gaussian(keys[C], t, D)                                    # counter-based, see lambdahat.rng
-    state, info = sampler.step(state, loss, grad, noise, hyper, ctx)
+    state, info = sampler.step(state, loss, grad, noise[C, D], hyper, ctx)
 
-whose loss is the recorded draw. A compiled step generates the noise inside its graph, fused into the update;
-an eager step receives it from :class:`~lambdahat.rng.ChainNoise`, which makes the same numbers a block of steps
-at a time. The per-step diagnostics (``Info``) are written into a ``[fields, C, steps]`` tensor on the device and
-copied to the host once, at the end.
+whose loss is the recorded draw. The noise comes from :class:`~lambdahat.rng.ChainNoise` (each chain's own stream,
+a block of steps at a time), as an input of the step whether it runs eagerly or compiled. How the steps execute
+(eager, compiled, chunks of compiled steps) is decided once per run by :func:`lambdahat.plan.plan_execution`; a
+:class:`StepFunction` carries out that plan. The per-step diagnostics (``Info``) are written into a
+``[fields, C, steps]`` tensor on the device and copied to the host once, at the end.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
 import math
-import os
 import threading
 import time
 import warnings
@@ -37,69 +35,21 @@ from torch.utils._pytree import tree_map
 from .config import Schedule
 from .data import DataFeed
 from .functional import FunctionalModel
-from .rng import START_STREAM, ChainNoise, chain_keys, gaussian, gaussian_eager, noise_block_steps
+from .plan import ExecutionPlan
+from .rng import ChainNoise, start_noise
 from .samplers import Context, Hyper, Info, Sampler
 from .samplers.base import project
 
 __all__ = [
-    "CHUNK_STEPS",
-    "COMPILE_SECONDS_GUESS",
     "Schedule",
     "StepFunction",
     "StepNoise",
-    "chunk_steps_for",
-    "chunk_steps_of",
-    "compile_kind",
-    "compile_pays",
-    "compiled_before",
-    "compiled_step_available",
+    "compiled_steps",
     "make_step",
     "run_chain_batch",
     "start_positions",
     "static_compiles",
 ]
-
-#: What a first ``torch.compile`` of the step is assumed to cost when deciding whether compiling pays
-#: (measured 15–40 s on a 2-core CPU for the benchmark models; see benchmarks/RESULTS.md).
-COMPILE_SECONDS_GUESS = 20.0
-#: Compile under ``compile="auto"`` when the eager time of the planned work exceeds this multiple of the compile
-#: cost (break-even for a compiled step 1.5x faster than eager).
-AUTO_COMPILE_FACTOR = 3.0
-#: Compiled runs take this many steps per call (:func:`make_chunk`) ...
-CHUNK_STEPS = 8
-#: ... when they sample at most this many scalars (larger models spend their time in arithmetic, not overhead) ...
-CHUNK_MAX_DIM = 1 << 16
-#: ... and the planned work holds at least this many steps: a chunk compiles several times longer than one step with
-#: a cold inductor cache (105–127 s against 10–40 s on a 2-core CPU, benchmarks/RESULTS.md) and saves 0.1–0.3 ms per
-#: step on the small models, so a first chunk pays only over long sweeps ...
-CHUNK_MIN_STEPS = 100_000
-#: ... or this many when a chunk of the kind was compiled on this machine before (the compile record): its graph then
-#: comes from inductor's caches, but tracing the 8 steps still costs several seconds more than one step (modular
-#: addition: 13.7 s against 4.6 s for a first compiled call in a fresh process).
-CHUNK_MIN_STEPS_WARM = 20_000
-
-
-def chunk_steps_for(dim: int, planned_steps: int | None = None, warm: bool = False) -> int:
-    """Steps per compiled call for a model of ``dim`` sampled scalars and ``planned_steps`` steps of planned work
-    (``None``: as many as pays, i.e. chunks for a small model); ``warm``: a chunk of this kind was compiled on this
-    machine before (:func:`compiled_before`)."""
-    if dim > CHUNK_MAX_DIM:
-        return 1
-    threshold = CHUNK_MIN_STEPS_WARM if warm else CHUNK_MIN_STEPS
-    if planned_steps is None or planned_steps >= threshold:
-        return CHUNK_STEPS
-    return 1
-
-
-def chunk_steps_of(
-    fm: FunctionalModel, sampler: Sampler, planned_steps: int | None, static_shapes: bool = True
-) -> int:
-    """:func:`chunk_steps_for` this model and sampler, warm when the compile record (:func:`compiled_before`)
-    holds a chunk of their kind."""
-    dim = fm.layout.dim
-    kind = compile_kind(fm, sampler, CHUNK_STEPS, static_shapes)
-    warm = dim <= CHUNK_MAX_DIM and compiled_before(kind) is not None
-    return chunk_steps_for(dim, planned_steps, warm)
 
 
 def make_step(
@@ -107,14 +57,11 @@ def make_step(
     sampler: Sampler,
     observe: bool = False,
     micro_batches: int = 1,
-    noise_in_graph: bool = False,
 ) -> Callable:
     """The pure step ``(state, frozen, buffers, x, y, noise, hyper, ctx[, ox, oy]) -> (state, info, count)`` for all
     chains, with ``info`` the fields of :class:`~lambdahat.samplers.Info` stacked, ``[fields, chains]``.
 
-    ``noise`` is the standard normal ``[chains, D]`` of the step, or with ``noise_in_graph`` the pair
-    ``(keys, t)`` (the chains' keys ``[chains, 2]`` and the step, a 0-d ``int64`` tensor) from which the step
-    generates it (:func:`~lambdahat.rng.gaussian`: the same numbers).
+    ``noise`` is the standard normal ``[chains, D]`` of the step (:class:`~lambdahat.rng.ChainNoise`).
 
     ``count`` is the number of samples (tokens) that counted in the batch whose loss was recorded (the weight of the
     draw, see :class:`~lambdahat.functional.Objective`). With ``observe`` the recorded loss (``info.loss``) is the
@@ -152,9 +99,6 @@ def make_step(
         return grad, total_loss * scale, total_count
 
     def chain_step(state, frozen, buffers, x, y, noise, hyper, ctx, ox=None, oy=None):
-        if noise_in_graph:
-            keys, t = noise
-            noise = gaussian(keys, t, fm.layout.dim, fm.param_dtype)
         if micro_batches == 1:
             grad, (loss, count) = grad_fn(state.theta, frozen, buffers, x, y)
         else:
@@ -176,18 +120,17 @@ def make_step(
 
 def make_chunk(fm: FunctionalModel, sampler: Sampler, steps: int) -> Callable:
     """``steps`` consecutive steps in one function
-    ``(state, frozen, buffers, xs, ys, (keys, t), hyper, ctx) -> (state, info [fields, chains, steps],
-    counts [steps])``, with ``xs``, ``ys`` the ``steps`` batches stacked (:func:`stack_batches`) and the noise of
-    step ``t + k`` made in the graph: compiled, the per-step Python, guard and launch overhead is paid once per
-    chunk, and consecutive steps fuse (the same arithmetic as ``steps`` calls of :func:`make_step`)."""
-    one = make_step(fm, sampler, noise_in_graph=True)
+    ``(state, frozen, buffers, xs, ys, noise [steps, chains, D], hyper, ctx) -> (state, info [fields, chains, steps],
+    counts [steps])``, with ``xs``, ``ys`` the ``steps`` batches stacked (:func:`stack_batches`): compiled, the
+    per-step Python, guard and launch overhead is paid once per chunk, and consecutive steps fuse (the same
+    arithmetic as ``steps`` calls of :func:`make_step`)."""
+    one = make_step(fm, sampler)
 
     def chunk(state, frozen, buffers, xs, ys, noise, hyper, ctx):
-        keys, t = noise
         infos, counts = [], []
         for k in range(steps):
             x, y = tree_map(lambda leaf, k=k: leaf[k], xs), tree_map(lambda leaf, k=k: leaf[k], ys)
-            state, info, count = one(state, frozen, buffers, x, y, (keys, t + k), hyper, ctx)
+            state, info, count = one(state, frozen, buffers, x, y, noise[k], hyper, ctx)
             infos.append(info)
             counts.append(count)
         return state, torch.stack(infos, dim=-1), torch.stack(counts)
@@ -215,17 +158,16 @@ def make_recorder(fm: FunctionalModel) -> Callable:
 
 
 class StepNoise:
-    """The noise of one chain batch at its current step, for an eager step (the numbers, from
-    :class:`~lambdahat.rng.ChainNoise`) or a compiled one (the chains' keys and the step, from which the compiled
-    graph makes the same numbers). :meth:`advance` moves to the next step.
+    """The noise of one chain batch at its current step (from :class:`~lambdahat.rng.ChainNoise`);
+    :meth:`advance` moves to the next step.
 
-    With ``coarsen = k`` (eager steps only) step ``t`` receives ``(ξ_{kt} + … + ξ_{kt+k−1}) / sqrt(k)``, the
-    normalized sum of the noise of ``k`` consecutive steps of the uncoarsened chain: a chain at step ``kε`` driven by
-    it follows the same Brownian path as the chain at ε (synchronous coupling), so the difference of the two
-    estimates, the step check of :mod:`lambdahat.accuracy`, is far less noisy than that of independent runs. Such a
-    chain also takes the batches ``kt`` of the uncoarsened one (:func:`run_chain_batch` skips the others), so both
-    see the same data at the same sampled time, and its gradient noise is that of one batch at step ``kε``: the
-    step check measures the minibatch noise's share of the step bias too.
+    With ``coarsen = k`` step ``t`` receives ``(ξ_{kt} + … + ξ_{kt+k−1}) / sqrt(k)``, the normalized sum of the
+    noise of ``k`` consecutive steps of the uncoarsened chain: a chain at step ``kε`` driven by it follows the same
+    Brownian path as the chain at ε (synchronous coupling), so the difference of the two estimates, the step check
+    of :mod:`lambdahat.accuracy`, is far less noisy than that of independent runs. Such a chain also takes the
+    batches ``kt`` of the uncoarsened one (:func:`run_chain_batch` skips the others), so both see the same data at
+    the same sampled time, and its gradient noise is that of one batch at step ``kε``: the step check measures the
+    minibatch noise's share of the step bias too.
     """
 
     def __init__(
@@ -239,29 +181,26 @@ class StepNoise:
     ):
         self.step = 0
         self.coarsen = int(coarsen)
-        self._eager = ChainNoise(seed, chains, dim, device, dtype)
-        self.keys = self._eager.keys
-        self._device = device
-        self._t: torch.Tensor | None = None
+        self._stream = ChainNoise(seed, chains, dim, device, dtype)
 
-    def eager(self) -> torch.Tensor:
+    def current(self) -> torch.Tensor:
+        """The noise ``[chains, D]`` of the current step."""
         if self.coarsen == 1:
-            return self._eager.at(self.step)
+            return self._stream.at(self.step)
         first = self.coarsen * self.step
-        total = sum(self._eager.at(first + j) for j in range(self.coarsen))
+        total = sum(self._stream.at(first + j) for j in range(self.coarsen))
         return total * (1.0 / math.sqrt(self.coarsen))
 
-    def in_graph(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def following(self, steps: int) -> torch.Tensor:
+        """The noise ``[steps, chains, D]`` of the current step and the ``steps − 1`` after it (uncoarsened)."""
         if self.coarsen != 1:
-            raise RuntimeError("StepNoise: coarsened noise is made by eager steps only (compile=False).")
-        if self._t is None:
-            self._t = torch.tensor(self.step, dtype=torch.int64, device=self._device)
-        return self.keys, self._t
+            raise RuntimeError(
+                "StepNoise: a block of coarsened noise is not made; take the steps one by one."
+            )
+        return self._stream.steps(self.step, steps)
 
     def advance(self, steps: int = 1) -> None:
         self.step += steps
-        if self._t is not None:
-            self._t.add_(steps)
 
 
 #: Compiled entries one step function may hold (static graphs: one per model architecture, batch shape and sampler
@@ -315,130 +254,157 @@ def _shape_key(state, x, y) -> tuple:
     return (tuple(state.theta.shape), _shapes(x), _shapes(y))
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device out-of-memory error (never a compiler failure: the caller halves the chain batch
+    or reports it)."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
 _COMPILE_LOCK = threading.Lock()
-# caller's model object -> {signature: compiled step (its closure holds the functional model it traced)}
+# caller's model object -> {key: (objective, compiled function)}; the function's closure holds the functional copy
+# of the model it traced, so each key keeps at most one (the latest objective's): see compiled_steps
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-class StepFunction:
-    """The step of one device: eager, or compiled with an eager fallback that warns once.
+def compiled_steps(model, key: tuple, objective, build: Callable[[], Callable]) -> Callable:
+    """The compiled function kept for ``(model, key)`` if it was built for ``objective``, else ``build()``, which
+    then replaces whatever was kept for that key.
 
-    Compiled steps are kept per (caller's model object, signature) for the life of the process, so later calls on
-    the same model (a grid search, a checkpoint sweep that loads weights into one model, a benchmark) reuse them;
-    inductor's on-disk caches make a compile in a new process cheaper too.
+    Compiled steps live as long as the caller's model object, so later calls on it (a notebook's repeated calls,
+    a grid search, a checkpoint sweep that loads weights into one model) reuse them. A step computes its
+    objective, which its closure holds with a private copy of the model; keeping one entry per key, not one per
+    objective, means a new ``loss_fn`` per call (a lambda written in the call) replaces the last one's copy
+    instead of adding another for as long as the model lives.
+    """
+    with _COMPILE_LOCK:
+        entries = _COMPILED.setdefault(model, {})
+        kept = entries.get(key)
+        if kept is not None and kept[0] == objective:
+            return kept[1]
+        fn = build()
+        entries[key] = (objective, fn)
+        return fn
+
+
+def _forget(model, key: tuple) -> None:
+    if model is None:
+        return
+    with _COMPILE_LOCK:
+        _COMPILED.get(model, {}).pop(key, None)
+
+
+class StepFunction:
+    """The steps of one device slot as an :class:`~lambdahat.plan.ExecutionPlan` says: eager calls, compiled calls,
+    or compiled chunks of ``plan.chunk_steps`` steps.
+
+    Every call that may compile (a compiled function's first call in this run, or a static step meeting a batch
+    shape it has not met) runs under the process-wide compile lock, with dynamo's static settings where the batch
+    shapes stay fixed (:func:`compile_step`). A compiler failure warns and continues eagerly (recorded in
+    :attr:`fell_back`); a device out-of-memory error is raised as it is, so that the chain batch can be halved.
     """
 
     def __init__(
         self,
         fm: FunctionalModel,
         sampler: Sampler,
-        compiled: bool,
-        model_key=None,
-        signature=None,
+        plan: ExecutionPlan,
+        model=None,
+        key: tuple | None = None,
         observe: bool = False,
         micro_batches: int = 1,
-        chunk_steps: int = 1,
         static_shapes: bool = False,
     ):
-        self.kind = compile_kind(fm, sampler, chunk_steps, static_shapes)
+        self.plan = plan
         self.eager = make_step(fm, sampler, observe, micro_batches)
         self.micro_batches = micro_batches
-        self.compiled_fn = None
-        self.chunk_fn = None
-        self.first_call = True
         self.compile_seconds = 0.0
-        self._cache = _COMPILED.setdefault(model_key, {}) if model_key is not None else {}
-        self._signature = signature
-        self._chunk_first = True
-        # static graphs: the shapes met so far; a call with another one may compile, so it runs under static_compiles()
-        self._static = compiled and static_shapes and static_compiles() is not None
-        self._seen: set[tuple] = set()
-        if compiled:
-            self.compiled_fn = self._cache.get(signature)
-            if self.compiled_fn is not None:
-                self.first_call = False
-            else:
-                self.compiled_fn = self._cache[signature] = compile_step(
-                    make_step(fm, sampler, observe, micro_batches, noise_in_graph=True), static_shapes
-                )
-            if chunk_steps > 1 and not observe and micro_batches == 1:
-                key = (signature, "chunk", chunk_steps)
-                self.chunk_fn = self._cache.get(key)
-                if self.chunk_fn is not None:
-                    self._chunk_first = False
-                else:
-                    self.chunk_fn = self._cache[key] = compile_step(
-                        make_chunk(fm, sampler, chunk_steps), static_shapes
-                    )
-        self.chunk_steps = chunk_steps if self.chunk_fn is not None else 1
+        self.fell_back: str | None = None
+        self.compiled_fn: Callable | None = None
+        self.chunk_fn: Callable | None = None
+        self._model, self._key = model, key
+        self._static = plan.compiled and static_shapes and static_compiles() is not None
+        self._met: set[tuple] = set()
+        if plan.compiled:
+            build_step = lambda: compile_step(make_step(fm, sampler, observe, micro_batches), static_shapes)  # noqa: E731
+            self.compiled_fn = self._kept(key, fm, build_step)
+            if plan.mode == "chunked":
+                build_chunk = lambda: compile_step(make_chunk(fm, sampler, plan.chunk_steps), static_shapes)  # noqa: E731
+                self.chunk_fn = self._kept((*key, "chunk", plan.chunk_steps), fm, build_chunk)
+
+    def _kept(self, key, fm, build):
+        if self._model is None:
+            return build()
+        return compiled_steps(self._model, key, fm.objective, build)
+
+    @property
+    def chunk_steps(self) -> int:
+        """Steps per call now (1 once a chunk failed to compile)."""
+        return self.plan.chunk_steps if self.chunk_fn is not None else 1
 
     @property
     def is_compiled(self) -> bool:
         return self.compiled_fn is not None
 
-    def chunk(self, state, frozen, buffers, xs, ys, noise: StepNoise, hyper, ctx):
-        """``self.chunk_steps`` compiled steps at once (see :func:`make_chunk`); ``None`` when the chunk cannot
-        run (its compile failed: the caller then takes the steps one by one, which warns and falls back)."""
-        if self.chunk_fn is None or self.compiled_fn is None:
-            return None
-        first = self._chunk_first
-        with _COMPILE_LOCK if first else contextlib.nullcontext(), self._compiling(state, xs, ys, first):
-            start = time.perf_counter()
-            try:
-                out = self.chunk_fn(state, frozen, buffers, xs, ys, noise.in_graph(), hyper, ctx)
-            except Exception:  # the single step reports a compiler failure; take the steps one by one
-                self.chunk_fn = None
-                self._cache.pop((self._signature, "chunk", self.chunk_steps), None)
-                return None
-            finally:
-                if first:
-                    self.compile_seconds += time.perf_counter() - start
-                    self._chunk_first = False
-        if first:
-            record_compile(self.kind, self.compile_seconds)
-        return out
-
-    def _compiling(self, state, x, y, first: bool) -> contextlib.AbstractContextManager:
-        """:func:`static_compiles` for a call of a static step that may compile (its first, or one meeting a shape
-        not met before, which is then remembered); nothing for the others."""
-        if not self._static:
-            return contextlib.nullcontext()
-        key = _shape_key(state, x, y)
-        if not first and key in self._seen:
-            return contextlib.nullcontext()
-        self._seen.add(key)
-        return static_compiles()()
-
-    def eager_step(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
-        """One eager step (the same numbers as a compiled one, up to rounding)."""
-        return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
-
-    def __call__(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
-        """One step; ``noise`` supplies the step's noise in the form the eager or the compiled step takes."""
+    def executed(self) -> str:
+        """What ran: the plan's mode, or what a compiler failure left of it."""
         if self.compiled_fn is None:
-            return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
-        if not self.first_call:
-            with self._compiling(state, x, y, first=False):
-                return self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
-        with _COMPILE_LOCK, self._compiling(state, x, y, first=True):
+            return "eager"
+        return "chunked" if self.chunk_fn is not None else "compiled"
+
+    def _run(self, fn: Callable, name: str, args: tuple, shape_key: tuple):
+        """Call a compiled function, under the compile lock when the call may compile."""
+        met = (name, shape_key if self._static else None)
+        if met in self._met:
+            return fn(*args)
+        static = static_compiles()() if self._static else contextlib.nullcontext()
+        with _COMPILE_LOCK, static:
             start = time.perf_counter()
             try:
-                out = self.compiled_fn(state, frozen, buffers, x, y, noise.in_graph(), *rest)
-            except Exception as exc:  # any compiler failure: continue eagerly
-                warnings.warn(
-                    f"estimate_llc: torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); "
-                    "continuing eagerly. Pass compile=False to skip the attempt.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.compiled_fn = None
-                self._cache.pop(self._signature, None)
-                return self.eager(state, frozen, buffers, x, y, noise.eager(), *rest)
+                out = fn(*args)
             finally:
                 self.compile_seconds += time.perf_counter() - start
-                self.first_call = False
-        record_compile(self.kind, self.compile_seconds)
+        self._met.add(met)
         return out
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        if is_out_of_memory(exc):
+            raise exc
+        self.fell_back = f"{what} failed to compile ({type(exc).__name__}: {str(exc)[:300]})"
+        warnings.warn(
+            f"sample: torch.compile of the {what} failed ({type(exc).__name__}: {str(exc)[:300]}); continuing "
+            f"{'eagerly' if what == 'step' else 'step by step'}. Pass compile=False to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def chunk(self, state, frozen, buffers, xs, ys, noise: StepNoise, hyper, ctx):
+        """``self.chunk_steps`` compiled steps at once (see :func:`make_chunk`); ``None`` when the chunk cannot run
+        (its compile failed: the caller then takes the steps one by one)."""
+        if self.chunk_fn is None:
+            return None
+        args = (state, frozen, buffers, xs, ys, noise.following(self.plan.chunk_steps), hyper, ctx)
+        try:
+            return self._run(self.chunk_fn, "chunk", args, _shape_key(state, xs, ys))
+        except Exception as exc:
+            self._failed(exc, "chunk")
+            self.chunk_fn = None
+            _forget(self._model, (*self._key, "chunk", self.plan.chunk_steps))
+            return None
+
+    def __call__(self, state, frozen, buffers, x, y, noise: StepNoise, *rest):
+        """One step of every chain of the batch, with the noise of ``noise``'s current step."""
+        args = (state, frozen, buffers, x, y, noise.current(), *rest)
+        if self.compiled_fn is None:
+            return self.eager(*args)
+        try:
+            return self._run(self.compiled_fn, "step", args, _shape_key(state, x, y))
+        except Exception as exc:
+            self._failed(exc, "step")
+            self.compiled_fn = self.chunk_fn = None
+            _forget(self._model, self._key)
+            return self.eager(*args)
 
 
 @dataclass
@@ -497,7 +463,7 @@ def start_positions(
     orth_u: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The starting points ``[len(chains), D]`` of the chains: ``w*``, or ``w* + scale · (I − u uᵀ) z_c`` with
-    ``z_c ~ N(0, I)`` drawn from chain ``c``'s own counter-based stream (:data:`~lambdahat.rng.START_STREAM`, so a
+    ``z_c ~ N(0, I)`` drawn from chain ``c``'s own stream (:data:`~lambdahat.rng.START_STREAM`, so a
     start depends on ``(seed, c)`` only, never on the chain batch).
 
     ``scale = 1/sqrt(γ)`` gives a draw of the localizing Gaussian ``N(w*, I/γ)``: wider than the localized posterior
@@ -516,10 +482,7 @@ def start_positions(
     theta = w_star.expand(len(chains), w_star.shape[-1]).contiguous()
     if not scale:
         return theta
-    keys = chain_keys(seed, chains, w_star.device)
-    z = gaussian(
-        keys, torch.tensor(0, dtype=torch.int64), w_star.shape[-1], w_star.dtype, stream=START_STREAM
-    )
+    z = start_noise(seed, chains, w_star.shape[-1], w_star.device, w_star.dtype)
     return theta + scale * project(z, None if orth_u is None else orth_u.to(w_star.device))
 
 
@@ -564,7 +527,7 @@ def run_chain_batch(
         recorder = make_recorder(fm)
     first_draw, every = schedule.burnin_steps, schedule.steps_bw_draws
     s, pending = 0, []
-    if step_fn.chunk_steps > 1 and observed is None and block is None:
+    if step_fn.chunk_steps > 1:  # the plan chunks only runs without observables, evaluation or coarsening
         state, s = _run_chunks(step_fn, fm, state, batches, noise, hyper, ctx, trace, counts, steps, on_step)
     while s < steps:
         x, y = _next_batch(batches, step_fn.micro_batches)
@@ -672,158 +635,3 @@ def _shapes(obj) -> object:
     if isinstance(obj, dict):
         return tuple((k, _shapes(v)) for k, v in obj.items())
     return type(obj)
-
-
-#: Steps of eager noise the ``compile="auto"`` pilot times.
-NOISE_PILOT_STEPS = 4
-
-
-def predicted_eager_seconds(
-    fm: FunctionalModel,
-    sampler: Sampler,
-    n_chains: int,
-    feed: DataFeed,
-    hyper: Hyper,
-    ctx: Context,
-    steps: int,
-    pilot_steps: int = 3,
-) -> float:
-    """Predict the eager time of ``steps`` steps for ``n_chains`` chains from a short pilot (its results are
-    thrown away): the median time of a step without noise, plus the eager noise of a step, timed on
-    :data:`NOISE_PILOT_STEPS` steps of it (numbers of seed 0, thrown away too; a whole block of a small model's noise
-    would cost more than the pilot's steps)."""
-    keys = chain_keys(0, range(n_chains), fm.device)
-    pilot_noise = min(NOISE_PILOT_STEPS, noise_block_steps(fm.layout.dim))
-    start = time.perf_counter()
-    gaussian_eager(keys, 0, pilot_noise, fm.layout.dim, fm.param_dtype)
-    if fm.device.type == "cuda":
-        torch.cuda.synchronize(fm.device)
-    noise_per_step = (time.perf_counter() - start) / pilot_noise
-    step = make_step(fm, sampler)
-    state = sampler.init(fm.w_star.expand(n_chains, fm.layout.dim).contiguous())
-    zeros = torch.zeros(n_chains, fm.layout.dim, device=fm.device, dtype=fm.param_dtype)
-    batches = iter(feed)
-    times = []
-    for _ in range(pilot_steps + 1):
-        x, y = next(batches)
-        start = time.perf_counter()
-        out = step(state, fm.frozen, fm.buffers, x, y, zeros, hyper, ctx)
-        if fm.device.type == "cuda":
-            torch.cuda.synchronize(fm.device)
-        _ = out[1].sum().item()
-        times.append(time.perf_counter() - start)
-    times = sorted(times[1:])
-    return (times[len(times) // 2] + noise_per_step) * steps
-
-
-def compiled_step_available(model_key, signature) -> bool:
-    """Whether a compiled step for this model object and signature is already in memory."""
-    return signature in _COMPILED.get(model_key, {})
-
-
-# caller's model object -> {signature: predicted eager seconds of the runs made on it so far}
-_EAGER_SECONDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-#: What a compile is assumed to cost when a step of the same kind was compiled before on this machine, so that
-#: inductor's on-disk caches hold most of it (measured 3–26 s against 40–127 s cold on a 2-core CPU).
-WARM_COMPILE_SECONDS_GUESS = 5.0
-_RECORD_NAME = "lambdahat_compiles.json"
-_RECORD_LOCK = threading.Lock()
-
-
-def _record_file() -> str | None:
-    """The file of compiled step kinds, inside inductor's cache directory (wiped with it), or ``None``."""
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        return os.path.join(cache_dir(), _RECORD_NAME)
-    except Exception:  # no inductor, or another layout of it: no record
-        return None
-
-
-#: Raised whenever the traced step or chunk changes, so that the compile record does not promise a warm cache for
-#: a graph inductor has never seen.
-STEP_GRAPH_REVISION = 3
-
-
-def compile_kind(fm: FunctionalModel, sampler: Sampler, chunk_steps: int, static_shapes: bool = True) -> str:
-    """What makes a compiled step reusable from inductor's caches by another process: the model's class and
-    sampled scalars, the sampler, the precision, the chunk, static or dynamic shapes (:func:`compile_step`), the
-    step's graph revision and torch's version."""
-    model = type(fm.module)
-    shapes = "static" if static_shapes else "dynamic"
-    return "|".join(
-        (f"{model.__module__}.{model.__qualname__}", str(fm.layout.dim), sampler.name, str(fm.param_dtype),
-         str(fm.autocast_dtype), str(chunk_steps), shapes, f"graph{STEP_GRAPH_REVISION}", torch.__version__)
-    )  # fmt: skip
-
-
-# (path, modification time, size) -> the record as read then: a run asks for several kinds, a sweep for every point
-_RECORD_READ: dict[tuple, dict] = {}
-
-
-def _read_record(path: str, fresh: bool = False) -> dict:
-    """The compile record at ``path`` (``{}`` when missing or unreadable), read again only when the file changed
-    since the last read (or with ``fresh``)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return {}
-    key = (path, stat.st_mtime_ns, stat.st_size)
-    if not fresh and key in _RECORD_READ:
-        return _RECORD_READ[key]
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
-    _RECORD_READ.clear()
-    _RECORD_READ[key] = record
-    return record
-
-
-def compiled_before(kind: str) -> float | None:
-    """Seconds of the last recorded compile of a step of this kind on this machine, or ``None``."""
-    path = _record_file()
-    value = None if path is None else _read_record(path).get(kind)
-    return float(value) if isinstance(value, int | float) else None
-
-
-def record_compile(kind: str, seconds: float) -> None:
-    """Note that a step of this kind was compiled (best effort: a failure to write is ignored)."""
-    path = _record_file()
-    if path is None:
-        return
-    with _RECORD_LOCK:
-        try:
-            record = {**_read_record(path, fresh=True), kind: round(float(seconds), 3)}
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(record, f)
-            os.replace(tmp, path)
-        except OSError:
-            pass
-
-
-def compile_pays(
-    model_key, signature, predicted_seconds: float, planned_runs: int | None = None, kind: str | None = None
-) -> bool:
-    """The ``compile="auto"`` decision for a run predicted to take ``predicted_seconds`` eagerly.
-
-    Compiling pays when the eager time of the planned work exceeds :data:`AUTO_COMPILE_FACTOR` times the
-    compile cost: :data:`COMPILE_SECONDS_GUESS`, or :data:`WARM_COMPILE_SECONDS_GUESS` when a step of this
-    ``kind`` (:func:`compile_kind`) was compiled on this machine before and inductor's caches still hold it. The
-    planned work is the larger of ``planned_runs`` runs like this one (a sweep knows its number of points) and the
-    runs made on this model object and signature in this process so far, this one included (a notebook calling
-    again and again on one model): the third call of a 25-second run compiles, as does the first point of a
-    40-point sweep of 2-second runs.
-    """
-    with _COMPILE_LOCK:
-        made = _EAGER_SECONDS.setdefault(model_key, {})
-        made[signature] = made.get(signature, 0.0) + predicted_seconds
-        planned = max(made[signature], predicted_seconds * max(1, planned_runs or 1))
-    warm = kind is not None and compiled_before(kind) is not None
-    return planned > AUTO_COMPILE_FACTOR * (WARM_COMPILE_SECONDS_GUESS if warm else COMPILE_SECONDS_GUESS)

@@ -61,8 +61,8 @@ def sample(
         With an evaluation set (``prepare(..., evaluation=loader)``): stream its per-sample losses to this ``.npy``
         file (see :func:`lambdahat.problem.run_chains`).
     planned_runs:
-        Runs like this one the caller plans (a sweep's points): ``compile="auto"`` compiles when they would
-        take long enough eagerly (see :func:`lambdahat.problem.run_chains`).
+        Runs like this one the caller plans (a sweep's points): a fact of the execution plan, which
+        ``compile="auto"`` weighs (:mod:`lambdahat.plan`).
 
     Returns
     -------
@@ -267,9 +267,9 @@ class LLCEstimator:
             chain sees the same data order, so per-chain results do not depend on ``chain_batch`` or ``devices``.
             ``None`` draws one (recorded in ``get_metrics()["seed"]``).
         compile:
-            ``"auto"`` (default): compile the step when a compiled step for this model is already in memory, or
-            when the predicted eager run time exceeds ~3x the cost of compiling; ``True``: always compile;
-            ``False``: never. A failed compile continues eagerly with one warning.
+            ``"auto"`` (default): compile when the planned work is large (many step calls or many flops, a rule
+            of the run's facts alone, :mod:`lambdahat.plan`; the same call gives the same bits in any process);
+            ``True``: always compile; ``False``: never. A failed compile continues eagerly with one warning.
         show_progress:
             Show a tqdm bar over steps.
         params:

@@ -12,7 +12,8 @@ full-data loss at the anchor
 ``restrict_to_orth_grad`` and the fixed evaluation set whose per-sample losses are recorded at the draws.
 :func:`run_chains` then runs the chains of one :class:`~lambdahat.config.LLCConfig` (a numeric ``learning_rate``) on
 a prepared :class:`Problem` and returns an :class:`~lambdahat.result.LLCResult`; the compiled step of a problem is
-reused by every later run on it. ``learning_rate="auto"`` is resolved one floor up (:func:`lambdahat.sample`).
+reused by every later run on it that plans a compiled step (:mod:`lambdahat.plan`). ``learning_rate="auto"`` is
+resolved one floor up (:func:`lambdahat.sample`).
 """
 
 from __future__ import annotations
@@ -32,20 +33,13 @@ from tqdm.auto import tqdm
 
 from . import trust
 from .anchor import anchor_pass
-from .chains import (
-    EvaluationSet,
-    StepFunction,
-    chunk_steps_of,
-    compile_kind,
-    compile_pays,
-    compiled_step_available,
-    predicted_eager_seconds,
-)
+from .chains import EvaluationSet, StepFunction
 from .config import LLCConfig, dtype_name
 from .data import DataFeed, PassLedger, batch_shapes_fixed, dataset_size
 from .devices import SlotJob, plan_chain_batches, resolve_devices, run_slots
 from .functional import FunctionalModel, Objective, ParamLayout, ParamSelection, select_parameters
 from .memory import choose_chain_batch
+from .plan import ExecutionPlan, RunFacts, plan_execution
 from .result import LLCResult
 from .rng import resolve_seed
 from .samplers import Context, Hyper
@@ -130,7 +124,9 @@ class Problem:
     evaluation:
         Batches of the set whose per-sample losses are recorded at every draw, per slot.
     compile:
-        ``True``, ``False`` or ``"auto"``.
+        ``True``, ``False`` or ``"auto"`` (see :mod:`lambdahat.plan`).
+    samples_per_batch:
+        Counted samples (tokens) per batch of the loader, from the ``L0`` pass (a fact of the execution plan).
     full_batch:
         Every step sees the same single batch holding the whole data set (a loader of one batch over a
         ``TensorDataset``, or a list of one batch, and no observables): the samplers then report the *exact* MALA
@@ -150,6 +146,7 @@ class Problem:
     n: int | None
     evaluation: list[EvaluationSet] | None
     compile: bool | str
+    samples_per_batch: float = 1.0
     full_batch: bool = False
     _steps: dict = field(default_factory=dict, repr=False)
 
@@ -183,26 +180,20 @@ class Problem:
                 "config, or keep these settings."
             )
 
-    def step_function(
-        self, slot: int, config: LLCConfig, use_compile: bool, planned_steps: int | None = None
-    ) -> StepFunction:
-        """The step of one slot for this config's sampler (built once per problem, compiled ones cached per model
-        object for the life of the process); compiled, it takes chunks of steps when the planned work is long
-        enough or a chunk of its kind is in inductor's caches (:func:`lambdahat.chains.chunk_steps_of`)."""
-        sampler = config.build_sampler()
-        signature = self._signature(slot, config)
-        chunk = self._chunk_steps(config, planned_steps) if use_compile else 1
-        key = (signature, use_compile, chunk)
+    def step_function(self, slot: int, config: LLCConfig, plan: ExecutionPlan) -> StepFunction:
+        """The step of one slot for this config's sampler under ``plan`` (built once per problem and plan;
+        compiled functions are kept per model object for the life of the process, see
+        :func:`lambdahat.chains.compiled_steps`)."""
+        key = (self._signature(slot, config), plan.mode, plan.chunk_steps)
         if key not in self._steps:
             self._steps[key] = StepFunction(
                 self.slots[slot],
-                sampler,
-                use_compile,
-                model_key=self.model,
-                signature=signature,
+                config.build_sampler(),
+                plan,
+                model=self.model,
+                key=self._signature(slot, config),
                 observe=self.observables is not None,
                 micro_batches=config.grad_accum_steps,
-                chunk_steps=chunk,
                 static_shapes=self._static_shapes(),
             )
         return self._steps[key]
@@ -215,16 +206,18 @@ class Problem:
         )
 
     def _signature(self, slot: int, config: LLCConfig) -> tuple:
+        """What a compiled step depends on besides the objective (which :func:`lambdahat.chains.compiled_steps`
+        compares): the slot's device and resolved precision, the sampled scalars, the sampler and its settings."""
         sampler = config.build_sampler()
         fm = self.slots[slot]
         return (
             slot,
             self.observables is not None,
             fm.device,
-            config.dtype,
+            fm.param_dtype,
+            fm.autocast_dtype,
             config.model_mode,
             self.layout,
-            self.objective,
             sampler.name,
             repr(sampler.step),
             config.restrict_to_orth_grad,
@@ -234,21 +227,31 @@ class Problem:
             self._static_shapes(),
         )
 
-    def compiled_available(self, config: LLCConfig) -> bool:
-        """Whether a compiled step for this model and config is already in memory."""
-        return compiled_step_available(self.model, self._signature(0, config))
-
-    def compile_pays(
-        self, config: LLCConfig, predicted_seconds: float, planned_runs: int | None, planned_steps: int
-    ) -> bool:
-        """The ``compile="auto"`` decision (see :func:`lambdahat.chains.compile_pays`)."""
-        sampler, chunk = config.build_sampler(), self._chunk_steps(config, planned_steps)
-        kind = compile_kind(self.slots[0], sampler, chunk, self._static_shapes())
-        return compile_pays(self.model, self._signature(0, config), predicted_seconds, planned_runs, kind)
-
-    def _chunk_steps(self, config: LLCConfig, planned_steps: int | None) -> int:
-        """Steps per compiled call (:func:`lambdahat.chains.chunk_steps_of`)."""
-        return chunk_steps_of(self.slots[0], config.build_sampler(), planned_steps, self._static_shapes())
+    def plan(
+        self,
+        config: LLCConfig,
+        chain_batch: int,
+        planned_runs: int | None = None,
+        noise_coarsening: int = 1,
+    ) -> ExecutionPlan:
+        """The execution plan of a run of ``config`` (:func:`lambdahat.plan.plan_execution` on this problem's
+        facts)."""
+        facts = RunFacts(
+            dim=self.dim,
+            samples_per_batch=self.samples_per_batch,
+            steps=config.total_steps * config.grad_accum_steps,
+            chains=config.chains,
+            chain_batch=chain_batch,
+            slots=len(self.slots),
+            planned_runs=max(1, planned_runs or 1),
+            device_type=self.devices[0].type,
+            compile=self.compile,
+            chunkable=self.observables is None
+            and self.evaluation is None
+            and config.grad_accum_steps == 1
+            and noise_coarsening == 1,
+        )
+        return plan_execution(facts)
 
     def auto_chain_batch(self, config: LLCConfig, seed: int) -> tuple[int, dict[str, Any]]:
         """``chain_batch="auto"``: the most chains of a slot that fit the free memory of every slot's device
@@ -407,6 +410,7 @@ def prepare(
         n=dataset_size(loader),
         evaluation=evaluation_sets,
         compile=compile,
+        samples_per_batch=anchor.counted / max(1, anchor.batches),
         full_batch=observables is None and anchor.batches == 1 and _fixed_data(loader),
     )
 
@@ -431,6 +435,16 @@ def acceptance_kind(sampler: str, full_batch: bool) -> str:
     ``"not available"`` (SGNHT, whose update has no Metropolis–Hastings counterpart)."""
     kind = trust.acceptance_kind(sampler)
     return "exact" if full_batch and kind == "gradient estimate" else kind
+
+
+def _executed(plan: ExecutionPlan, jobs: Sequence[SlotJob]) -> dict[str, Any]:
+    """The plan as recorded on the result, with what ran where a compiler failure changed it."""
+    recorded = plan.to_dict()
+    failures = [job.step_fn.fell_back for job in jobs if job.step_fn.fell_back]
+    if failures:
+        recorded["executed"] = jobs[0].step_fn.executed()
+        recorded["fell_back"] = failures[0]
+    return recorded
 
 
 def run_chains(
@@ -475,9 +489,8 @@ def run_chains(
         most 64 MiB leave the device), and give ``result.per_sample_losses`` as a tensor over the memory-mapped
         file; ``None`` keeps them in host memory.
     planned_runs:
-        How many runs like this one the caller plans (a sweep passes its number of points); with
-        ``compile="auto"`` the step is compiled when the eager time of the planned work would exceed a few times
-        the cost of compiling (:func:`lambdahat.chains.compile_pays`).
+        How many runs like this one the caller plans on this step (a sweep passes its number of points): a fact of
+        the execution plan (:func:`lambdahat.plan.plan_execution`), which ``compile="auto"`` weighs.
     start_scale:
         ``0``: every chain starts at ``w*``; ``s > 0``: chain ``c`` starts at ``w* + s z_c``, ``z_c ~ N(0, I)``
         from its own stream (:func:`lambdahat.chains.start_positions`; ``s = 1/sqrt(γ)`` is a draw of the
@@ -509,7 +522,7 @@ def run_chains(
     memory_plan = None
     if auto_batch:
         chain_batch, memory_plan = problem.auto_chain_batch(config, seed)
-    plan = plan_chain_batches(config.chains, chain_batch, len(problem.slots))
+    batches = plan_chain_batches(config.chains, chain_batch, len(problem.slots))
 
     def hyper_on(fm: FunctionalModel) -> Hyper:
         t = lambda v: torch.tensor(v, device=fm.device, dtype=fm.param_dtype)  # noqa: E731
@@ -520,35 +533,12 @@ def run_chains(
         exact = acceptance_kind(sampler.name, problem.full_batch) == "exact"
         return Context(fm.w_star, u, config.bounding_box_size, config.weight_decay, exact)
 
-    main = problem.slots[0]
-    planned_steps = config.total_steps * config.grad_accum_steps * config.chains * max(1, planned_runs or 1)
-    planned_steps //= max(1, len(plan[0][0]))  # chain-batch calls: chains run together
-    if noise_coarsening != 1:
-        use_compile = False  # coarsened noise is made outside the graph
-    elif problem.compile == "auto":
-        use_compile = problem.compiled_available(config) or problem.compile_pays(
-            config,
-            predicted_eager_seconds(
-                main,
-                sampler,
-                len(plan[0][0]),
-                problem.feed(0, seed),
-                hyper_on(main),
-                ctx_on(main),
-                config.total_steps * config.grad_accum_steps,  # the pilot times one micro-batch per step
-            )
-            * max(len(batches) for batches in plan.values()),
-            planned_runs,
-            planned_steps,
-        )
-    else:
-        use_compile = bool(problem.compile)
-
+    plan = problem.plan(config, len(batches[0][0]), planned_runs, noise_coarsening)
     ledgers = (PassLedger(), PassLedger())  # the loader's and the observables' passes, for this run
     jobs = [
         SlotJob(
             fm=fm,
-            step_fn=problem.step_function(slot, config, use_compile, planned_steps),
+            step_fn=problem.step_function(slot, config, plan),
             feed=problem.feed(slot, seed, ledger=ledgers[0]),
             observables=None
             if problem.observables is None
@@ -562,13 +552,13 @@ def run_chains(
         for slot, fm in enumerate(problem.slots)
     ]
     records = _records(problem, config, per_sample_path)
-    total_steps = config.total_steps * sum(len(batches) for batches in plan.values())
+    total_steps = config.total_steps * sum(len(slot_batches) for slot_batches in batches.values())
     with tqdm(
         total=total_steps, unit="step", desc="LLC chains", disable=not show_progress, leave=False
     ) as bar:
         trace = run_slots(
             jobs,
-            plan,
+            batches,
             sampler,
             seed,
             config.schedule,
@@ -583,8 +573,9 @@ def run_chains(
         "nbeta": nbeta,
         "dtype": dtype_name(config.dtype),
         "devices": [str(d) for d in problem.devices],
-        "chain_batch": len(plan[0][0]),
+        "chain_batch": len(batches[0][0]),
         "chain_memory": memory_plan,
+        "plan": _executed(plan, jobs),
         "compiled": any(job.step_fn.is_compiled for job in jobs),
         "compile_seconds": sum(job.step_fn.compile_seconds for job in jobs),
         "chunk_steps": jobs[0].step_fn.chunk_steps,

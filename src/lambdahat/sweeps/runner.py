@@ -291,8 +291,9 @@ def run_sweep(
         try:
             if pending:
                 ex = make_executor(executor, address, ray_resources, ray_init_options)
-                # the points' compile="auto" decides from the planned work
-                if isinstance(shared.get("options"), Mapping):
+                # a fact of the points' execution plan: in one process the points reuse one compiled step (one
+                # architecture, one graph); a Ray task may land in a fresh process, so there each plans its own
+                if isinstance(shared.get("options"), Mapping) and ex.name == "local":
                     shared = {**shared, "options": {**shared["options"], "planned_runs": len(pending)}}
                 handles = {name: ex.share(obj) for name, obj in shared.items()}
                 for outcome in ex.map(fn, handles, pending, prepare, max_retries):
