@@ -196,6 +196,33 @@ def test_per_token_columns_drop_tokens_that_do_not_count(tmp_path):
     assert len(long) == 20
 
 
+@pytest.mark.parametrize("pooling", ["pooled", "within", "each"])
+def test_a_diverged_chain_is_left_out_with_a_warning(pooling):
+    """One chain that diverged (NaN from its fifth draw) no longer makes every entry NaN: it is left out, as for
+    λ̂, and the kernel equals that of the other chains."""
+    trace = synthetic_trace()
+    bad = trace.copy()
+    bad[1, 5:] = np.nan
+    with pytest.warns(RuntimeWarning, match=r"chains \[1\] diverged"):
+        kernel = loss_kernel(bad, kind="covariance", pooling=pooling).values
+    expected = loss_kernel(trace[[0, 2]], kind="covariance", pooling=pooling).values
+    np.testing.assert_allclose(kernel, expected, rtol=1e-12)
+    bad[:] = np.inf
+    with pytest.raises(ValueError, match="every chain diverged"):
+        loss_kernel(bad)
+
+
+def test_token_columns_come_from_every_chain_not_the_first():
+    """Chain 0 diverged before its first draw (NaN everywhere): the tokens that count are read from the others."""
+    trace = synthetic_trace(samples=12).reshape(3, 40, 4, 3)
+    trace[:, :, 1, 2] = np.nan
+    trace[0] = np.nan
+    with pytest.warns(RuntimeWarning, match=r"chains \[0\] diverged"):
+        kernel = loss_kernel(trace, kind="covariance")
+    assert len(kernel.train_index) == 11
+    assert np.isfinite(kernel.values).all()
+
+
 def test_errors_say_what_to_pass():
     with pytest.raises(ValueError, match="kind must be one of"):
         loss_kernel(synthetic_trace(), kind="influence")

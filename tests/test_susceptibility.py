@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lambdahat import LLCConfig
-from lambdahat.susceptibility import Susceptibilities, susceptibilities
+from lambdahat.susceptibility import Susceptibilities, susceptibilities, susceptibility_row
 
 QUIET = dict(show_progress=False, warn=False)
 NBETA, GAMMA, EPS = 40.0, 1.0, 0.01
@@ -262,3 +262,27 @@ def test_rows_run_as_ray_tasks_equal_the_local_run_and_resume_locally(tmp_path, 
     monkeypatch.setattr(estimator, "sample", lambda *a, **k: calls.append(1))
     again = _small_run(*data, out_dir=tmp_path)  # nothing left to run
     assert calls == [] and np.array_equal(again.values, local.values)
+
+
+def test_a_diverged_chain_is_left_out_of_a_row():
+    """A row whose chain 2 diverged (its per-sample losses NaN from the third draw, the result marking it) equals
+    the row of the other chains, with a warning, instead of a row of NaN."""
+    import dataclasses
+
+    x, y, model, probes, probe_y = two_blocks()
+    result = _small_run(x, y, model, probes, probe_y, full=False).results["A"]
+    records = result.per_sample_losses.clone()
+    records[2, 2:] = float("nan")
+    diverged = torch.zeros(records.shape[0], dtype=torch.bool)
+    diverged[2] = True
+    broken = dataclasses.replace(result, per_sample_losses=records, diverged=diverged)
+    with pytest.warns(RuntimeWarning, match=r"chains \[2\] diverged"):
+        values, stderr, _ = susceptibility_row(broken)
+    kept = [c for c in range(records.shape[0]) if c != 2]
+    healthy = dataclasses.replace(
+        result, per_sample_losses=records[kept], losses=result.losses[kept], diverged=diverged[kept]
+    )
+    expected, expected_stderr, _ = susceptibility_row(healthy)
+    np.testing.assert_allclose(values, expected, rtol=1e-12)
+    np.testing.assert_allclose(stderr, expected_stderr, rtol=1e-12)
+    assert np.isfinite(values).all()

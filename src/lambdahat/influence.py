@@ -34,6 +34,7 @@ memory besides the output, which can itself be a memory-mapped ``.npy`` (``out=`
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["KINDS", "POOLINGS", "LossKernel", "bif", "loss_gain", "loss_kernel", "per_sample_losses_at"]
+__all__ = [
+    "KINDS",
+    "POOLINGS",
+    "LossKernel",
+    "RecordedLosses",
+    "bif",
+    "loss_gain",
+    "loss_kernel",
+    "per_sample_losses_at",
+]
 
 KINDS = ("bif", "covariance", "correlation")
 POOLINGS = ("pooled", "within", "each")
@@ -73,34 +83,96 @@ def _as_trace(losses) -> np.ndarray:
     return losses
 
 
-def _columns(trace: np.ndarray, samples) -> tuple[np.ndarray, pd.Index]:
-    """Flat column positions of the chosen samples (all tokens that count) and their index."""
-    n = trace.shape[2]
-    if samples is None:
-        samples = np.arange(n)
-    elif isinstance(samples, slice):
-        samples = np.arange(n)[samples]
-    samples = np.asarray(samples, dtype=np.int64).reshape(-1)
-    if samples.size and (samples.min() < -n or samples.max() >= n):
-        raise ValueError(
-            f"loss_kernel: sample indices must lie in [0, {n}); got {samples.min()}..{samples.max()}."
-        )
-    samples = np.where(samples < 0, samples + n, samples)
-    if trace.ndim == 3:
-        return samples, pd.Index(samples, name="sample")
-    tokens = trace.shape[3]
-    counts = ~np.isnan(np.asarray(trace[0, 0]))[samples]  # tokens that do not count are NaN at every draw
-    s, t = np.nonzero(counts)
-    index = pd.MultiIndex.from_arrays([samples[s], t], names=["sample", "token"])
-    return samples[s] * tokens + t, index
+@dataclass(frozen=True)
+class RecordedLosses:
+    """Recorded per-sample losses and the chains that enter the estimates.
+
+    Attributes
+    ----------
+    trace:
+        ``[chains, draws, samples(, tokens)]`` (a view: memory maps stay lazy).
+    kept:
+        Indices of the chains that did not diverge, ascending.
+    counted:
+        ``[samples, tokens]``: whether a token counts (``None`` for per-sample traces).
+    """
+
+    trace: np.ndarray
+    kept: np.ndarray
+    counted: np.ndarray | None
+
+    @classmethod
+    def of(cls, losses, who: str = "loss_kernel") -> RecordedLosses:
+        """The losses of an ``LLCResult``, tensor, array or ``.npy`` path, leaving out the chains that diverged,
+        with a warning, as λ̂ does: those the result marks ``diverged`` and those with a non-finite loss where a
+        token counts (one chain read at a time). A token counts when some chain has a finite loss for it at its
+        first draw (tokens that do not count are NaN at every draw of every chain)."""
+        from .result import LLCResult
+
+        trace = _as_trace(losses)
+        chains = trace.shape[0]
+        bad = np.zeros(chains, dtype=bool)
+        if isinstance(losses, LLCResult) and losses.diverged is not None:
+            bad |= np.asarray(losses.diverged, dtype=bool)
+        counted = None
+        if trace.ndim == 4:
+            counted = np.zeros(trace.shape[2:], dtype=bool)
+            for c in range(chains):
+                counted |= np.isfinite(np.asarray(trace[c, 0]))
+        for c in range(chains):
+            if not bad[c]:
+                values = np.asarray(trace[c])
+                bad[c] = not np.isfinite(values if counted is None else values[:, counted]).all()
+        if bad.all():
+            raise ValueError(
+                f"{who}: every chain diverged (non-finite per-sample losses); rerun with a smaller learning_rate "
+                "or a larger localization."
+            )
+        if bad.any():
+            warnings.warn(
+                f"{who}: chains {np.flatnonzero(bad).tolist()} diverged (non-finite losses); they are left out "
+                "of the estimates, as they are of λ̂.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return cls(trace, np.flatnonzero(~bad), counted)
+
+    @property
+    def all_kept(self) -> bool:
+        return len(self.kept) == self.trace.shape[0]
+
+    def columns(self, samples=None) -> tuple[np.ndarray, pd.Index]:
+        """Flat column positions of the chosen samples (all tokens that count) and their index (``sample`` or
+        ``(sample, token)``); ``samples``: positions (an int array, a slice) or ``None`` for all."""
+        trace = self.trace
+        n = trace.shape[2]
+        if samples is None:
+            samples = np.arange(n)
+        elif isinstance(samples, slice):
+            samples = np.arange(n)[samples]
+        samples = np.asarray(samples, dtype=np.int64).reshape(-1)
+        if samples.size and (samples.min() < -n or samples.max() >= n):
+            raise ValueError(
+                f"loss_kernel: sample indices must lie in [0, {n}); got {samples.min()}..{samples.max()}."
+            )
+        samples = np.where(samples < 0, samples + n, samples)
+        if trace.ndim == 3:
+            return samples, pd.Index(samples, name="sample")
+        tokens = trace.shape[3]
+        s, t = np.nonzero(self.counted[samples])
+        index = pd.MultiIndex.from_arrays([samples[s], t], names=["sample", "token"])
+        return samples[s] * tokens + t, index
 
 
 class _Blocks:
     """Centred float64 column blocks ``[M, b]`` (or ``[C, D, b]`` for ``"each"``) of a flat trace view."""
 
-    def __init__(self, trace: np.ndarray, pooling: str) -> None:
-        c, d = trace.shape[:2]
-        self.flat = trace.reshape(c, d, -1)  # a view, also of a memory map
+    def __init__(self, recorded: RecordedLosses, pooling: str) -> None:
+        trace = recorded.trace
+        d = trace.shape[1]
+        self.flat = trace.reshape(trace.shape[0], d, -1)  # a view, also of a memory map
+        self.kept = None if recorded.all_kept else recorded.kept
+        c = len(recorded.kept)
         self.pooling, self.chains, self.draws = pooling, c, d
         self.denom = {"pooled": c * d - 1, "within": c * (d - 1), "each": d - 1}[pooling]
         if self.denom < 1:
@@ -116,6 +188,8 @@ class _Blocks:
             raw = np.asarray(self.flat[:, :, lo:hi])  # a contiguous slice reads only those columns
         else:
             raw = np.asarray(self.flat[:, :, cols])
+        if self.kept is not None:
+            raw = raw[self.kept]
         x = torch.from_numpy(np.asarray(raw, dtype=np.float64))
         if self.pooling == "pooled":
             x = x.reshape(self.chains * self.draws, -1)
@@ -238,7 +312,7 @@ class LossKernel:
             raise ValueError(f"LossKernel.loss_gain: which must be 'train' or 'query'; got {which!r}.")
         columns = self.train_columns if which == "train" else self.query_columns
         index = self.train_index if which == "train" else self.query_index
-        gain = _gain(_as_trace(self.result), self.problem).reshape(-1)
+        gain = _gain(RecordedLosses.of(self.result, "loss_gain"), self.problem).reshape(-1)
         return pd.Series(gain[columns], index=index, name="loss_gain")
 
 
@@ -293,11 +367,11 @@ def loss_kernel(
         raise ValueError(f"loss_kernel: pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}.")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"loss_kernel: block_size must be an int >= 1; got {block_size!r}.")
-    trace = _as_trace(losses)
-    q_cols, q_index = _columns(trace, query)
-    t_cols, t_index = _columns(trace, train)
+    recorded = RecordedLosses.of(losses, "loss_kernel")
+    q_cols, q_index = recorded.columns(query)
+    t_cols, t_index = recorded.columns(train)
     symmetric = np.array_equal(q_cols, t_cols)
-    blocks = _Blocks(trace, pooling)
+    blocks = _Blocks(recorded, pooling)
     shape = (len(q_cols), len(t_cols))
     if pooling == "each":
         shape = (blocks.chains, *shape)
@@ -350,21 +424,22 @@ def per_sample_losses_at(problem, theta: torch.Tensor | None = None) -> np.ndarr
 def loss_gain(result, problem) -> pd.Series:
     """The posterior loss gain ``E_p[ℓ_i] − ℓ_i(w*)`` of every evaluation sample (token), a difficulty score.
 
-    The mean is over all chains and draws (chains that diverged included: check ``result.status``), read in blocks
-    of draws, so memory-mapped traces stay lazy. Indexed like :func:`loss_kernel`'s columns.
+    The mean is over the chains that did not diverge (the others are left out with a warning) and all draws, one
+    chain in memory at a time, so memory-mapped traces stay lazy. Indexed like :func:`loss_kernel`'s columns.
     """
-    trace = _as_trace(result)
-    gain = _gain(trace, problem)
-    cols, index = _columns(trace, None)
+    recorded = RecordedLosses.of(result, "loss_gain")
+    gain = _gain(recorded, problem)
+    cols, index = recorded.columns()
     return pd.Series(gain.reshape(-1)[cols], index=index, name="loss_gain")
 
 
-def _gain(trace: np.ndarray, problem) -> np.ndarray:
-    """``[samples(, tokens)]`` mean over chains and draws minus the losses at ``w*`` (one chain in memory at a time)."""
+def _gain(recorded: RecordedLosses, problem) -> np.ndarray:
+    """``[samples(, tokens)]`` mean over the kept chains and the draws minus the losses at ``w*``."""
+    trace = recorded.trace
     total = np.zeros(trace.shape[2:])
-    for c in range(trace.shape[0]):
+    for c in recorded.kept:
         total += np.asarray(trace[c], dtype=np.float64).sum(0)
-    return total / (trace.shape[0] * trace.shape[1]) - per_sample_losses_at(problem)
+    return total / (len(recorded.kept) * trace.shape[1]) - per_sample_losses_at(problem)
 
 
 def fixed_order(loader, name: str):

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .influence import BLOCK_SIZE, _as_trace, _columns, fixed_order
+from .influence import BLOCK_SIZE, RecordedLosses, fixed_order
 
 __all__ = ["Susceptibilities", "susceptibilities", "susceptibility_row"]
 
@@ -64,19 +64,22 @@ def susceptibility_row(
     """
     if pooling not in ("pooled", "within"):
         raise ValueError(f"susceptibility_row: pooling must be 'pooled' or 'within'; got {pooling!r}.")
-    trace = _as_trace(result)
-    chains, draws = trace.shape[:2]
+    recorded = RecordedLosses.of(result, "susceptibility_row")
+    trace, kept = recorded.trace, recorded.kept
+    chains, draws = len(kept), trace.shape[1]
     if draws < 2:
         raise ValueError(f"susceptibility_row: needs at least 2 draws per chain; got {draws}.")
-    flat = trace.reshape(chains, draws, -1)
-    task = result.losses.double().numpy()[:, :, None]  # [C, D, 1]
-    cols, index = _columns(trace, None)
+    flat = trace.reshape(trace.shape[0], draws, -1)
+    task = result.losses.double().numpy()[kept][:, :, None]  # [C, D, 1], the chains that did not diverge
+    cols, index = recorded.columns()
     values, stderr = np.empty(len(cols)), np.empty(len(cols))
     phi_pooled = task - task.mean((0, 1), keepdims=True)
     phi_within = task - task.mean(1, keepdims=True)
     for start in range(0, len(cols), block_size):
         part = cols[start : start + block_size]
         obs = np.asarray(flat[:, :, part], dtype=np.float64)
+        if not recorded.all_kept:
+            obs = obs[kept]
         if relative:
             obs = obs - task
         if pooling == "pooled":
