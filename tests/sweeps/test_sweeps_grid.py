@@ -157,8 +157,13 @@ def test_config_is_frozen_and_a_fixed_value_needs_no_range_count():
 def test_table_columns_shape_and_values(model, loader):
     cfg = GridSearchConfig(learning_rate=[1e-4, 1e-3], localization=[1.0, 10.0], nbeta=20.0, **sf.FAST)
     df = LLCGridSearch(cfg).run_grid_search(model, loader, **sf.RUN)
-    assert list(df.columns) == COLUMNS
+    assert list(df.columns) == [*COLUMNS, "epsilon", "gamma"]
     assert len(df) == 4 and list(df.index) == [0, 1, 2, 3]
+    # the seed library's names read the same columns (its README prints epsilon gamma nbeta llc_mean ...)
+    assert df["epsilon"].tolist() == df["learning_rate"].tolist()
+    assert df[["epsilon", "gamma", "nbeta", "llc_mean"]].values.tolist() == (
+        df[["learning_rate", "localization", "nbeta", "llc_mean"]].values.tolist()
+    )
     assert df[["learning_rate", "localization", "nbeta"]].values.tolist() == [
         [1e-4, 1.0, 20.0],
         [1e-4, 10.0, 20.0],

@@ -444,7 +444,9 @@ class LLCGridSearch:
             (chains that diverged), ``status`` (the trust policy's verdict, ``"ok"``, ``"untrusted: <reasons>"`` or
             ``"diverged"``, or ``"failed"`` for a point that raised), ``error`` (``"Type: message"`` of a failed
             point), ``seed, wall_seconds, attempts`` and ``warnings`` (the estimator's advice, ``"; "``-joined). The
-            index is the point's number in the sweep (the ``point`` column of ``results.csv``).
+            index is the point's number in the sweep (the ``point`` column of ``results.csv``). The last two
+            columns, ``epsilon`` and ``gamma``, repeat ``learning_rate`` and ``localization`` under the names of the
+            library this API follows, so code written for it reads them.
         """
         cfg = self.config
         check_run_options(executor, address, devices, ray_resources, max_retries)
@@ -519,5 +521,17 @@ class LLCGridSearch:
             )
         finally:
             _PROBLEM.clear()
+        df = with_seed_names(df)
         self.results = df
         return df
+
+
+#: The seed library's names of the grid's columns: the returned table carries them too (copies at its end), so
+#: that ``df["epsilon"]`` and ``df["gamma"]`` written for it keep working.
+SEED_COLUMNS = {"epsilon": "learning_rate", "gamma": "localization"}
+
+
+def with_seed_names(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the columns of :data:`SEED_COLUMNS` appended (copies of ``learning_rate`` and
+    ``localization``)."""
+    return df.assign(**{seed: df[ours] for seed, ours in SEED_COLUMNS.items() if ours in df})
