@@ -3,7 +3,8 @@
 The public surface is re-exported here; everything else lives in modules with one job each:
 ``config`` (LLCConfig, every sampling setting), ``problem`` (prepare once: model copies, data, L0),
 ``estimator`` (sample, and LLCEstimator, the canonical-interp facade), ``samplers`` (SGLD, RMSProp-SGLD, SGNHT),
-``chains`` (the vmapped runner), ``rng`` (counter-based per-chain noise), ``memory`` (``chain_batch="auto"``),
+``plan`` (eager or compiled, decided once per run), ``chains`` (the vmapped runner), ``rng`` (per-chain noise
+streams), ``memory`` (``chain_batch="auto"``),
 ``result`` / ``diagnostics`` (LLCResult, R-hat, ESS, MALA acceptance, divergence), ``accuracy`` (companion runs
 that measure the step, localization and relaxation biases of λ̂), ``calibration`` (the step chosen on its measured
 bias), ``guidance`` (warnings on γ and nβ, with their numbers), ``sweeps`` (grid searches and checkpoint sweeps, local or Ray), ``influence`` / ``susceptibility`` (BIF, loss
