@@ -332,3 +332,18 @@ def test_checks_not_made_are_named_in_the_notes():
     assert verdict.ok
     assert any("accuracy checks not made: localization, start" in note for note in verdict.notes)
     assert not any("accuracy checks not made" in n for n in assess(**GOOD).notes)
+
+
+def test_the_documented_rule_table_names_every_rule():
+    """docs/concepts.md's table of rules is written by hand: it must name every rule of RULES, and no other."""
+    from pathlib import Path
+
+    from lambdahat.trust import RULES
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "concepts.md"
+    if not page.exists():
+        pytest.skip("no docs/ beside the tests (an installed sdist without the docs)")
+    text = page.read_text()
+    table = text[text.index("| rule | untrusted when |") :].split("\n\n")[0]
+    named = {name.strip() for row in table.splitlines()[2:] for name in row.split("|")[1].split(",")}
+    assert named == {rule.name for rule in RULES}

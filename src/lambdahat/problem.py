@@ -42,7 +42,7 @@ from .memory import choose_chain_batch
 from .plan import ExecutionPlan, RunFacts, plan_execution
 from .result import LLCResult
 from .rng import resolve_seed
-from .samplers import Context, Hyper
+from .samplers import Context, Hyper, Sampler
 
 __all__ = ["Problem", "acceptance_kind", "nbeta_from_effective_size", "prepare", "run_chains"]
 
@@ -180,18 +180,21 @@ class Problem:
                 "config, or keep these settings."
             )
 
-    def step_function(self, slot: int, config: LLCConfig, plan: ExecutionPlan) -> StepFunction:
-        """The step of one slot for this config's sampler under ``plan`` (built once per problem and plan;
-        compiled functions are kept per model object for the life of the process, see
+    def step_function(
+        self, slot: int, config: LLCConfig, sampler: Sampler, plan: ExecutionPlan
+    ) -> StepFunction:
+        """The step of one slot for ``sampler`` (``config.build_sampler()``) under ``plan`` (built once per problem
+        and plan; compiled functions are kept per model object for the life of the process, see
         :func:`lambdahat.chains.compiled_steps`)."""
-        key = (self._signature(slot, config), plan.mode, plan.chunk_steps)
+        signature = self._signature(slot, config, sampler)
+        key = (signature, plan.mode, plan.chunk_steps)
         if key not in self._steps:
             self._steps[key] = StepFunction(
                 self.slots[slot],
-                config.build_sampler(),
+                sampler,
                 plan,
                 model=self.model,
-                key=self._signature(slot, config),
+                key=signature,
                 observe=self.observables is not None,
                 micro_batches=config.grad_accum_steps,
                 static_shapes=self._static_shapes(),
@@ -205,10 +208,9 @@ class Problem:
             self.observables is None or batch_shapes_fixed(self.observables)
         )
 
-    def _signature(self, slot: int, config: LLCConfig) -> tuple:
+    def _signature(self, slot: int, config: LLCConfig, sampler: Sampler) -> tuple:
         """What a compiled step depends on besides the objective (which :func:`lambdahat.chains.compiled_steps`
         compares): the slot's device and resolved precision, the sampled scalars, the sampler and its settings."""
-        sampler = config.build_sampler()
         fm = self.slots[slot]
         return (
             slot,
@@ -538,7 +540,7 @@ def run_chains(
     jobs = [
         SlotJob(
             fm=fm,
-            step_fn=problem.step_function(slot, config, plan),
+            step_fn=problem.step_function(slot, config, sampler, plan),
             feed=problem.feed(slot, seed, ledger=ledgers[0]),
             observables=None
             if problem.observables is None

@@ -372,7 +372,7 @@ def _accuracy_rule(name: str) -> Callable[[Evidence], Finding]:
 
 
 #: The trust policy, one rule per check, in the order the reasons are listed. ``describe()``, ``assess()``, the
-#: warnings, the tables and the README's list all come from here.
+#: warnings and the tables come from here; docs/concepts.md's table lists the same rules (a test checks it).
 RULES: tuple[Rule, ...] = (
     Rule(
         "step",

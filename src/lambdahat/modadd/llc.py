@@ -221,7 +221,7 @@ def llc_over_training(
     learning_rate, epsilon : float or "auto", default 1e-4
         ε; ``epsilon`` is the hackathon's name (pass one of the two, not both). ``"auto"`` calibrates it at every
         checkpoint (:func:`lambdahat.calibrate`).
-    draws, burnin_steps, chains : int, default 200, 300, 4
+    draws, burnin_steps, chains : int, default 200, 300, 8
         Draws per chain after ``burnin_steps`` discarded steps, and the number of chains.
     batch_size : int, default 64
         Minibatch size of the sampler.
