@@ -12,8 +12,9 @@ from .. import trust
 
 __all__ = ["flagged", "plot_grid", "plot_llc_over_checkpoints"]
 
-#: The legend of a flagged point: the trust policy in words (:func:`lambdahat.trust.describe`).
-FLAG_TEXT = f"untrusted: {trust.describe()}"
+#: The legend of a flagged point (its reasons are in the table's ``status`` column; the whole policy, eleven rules,
+#: in :func:`lambdahat.trust.describe`, is too long for a title or a legend).
+FLAG_TEXT = "untrusted by the trust policy (see the status column)"
 AXES = ("learning_rate", "localization", "nbeta")
 LABELS = {"learning_rate": "ε (learning_rate)", "localization": "γ (localization)", "nbeta": "nβ"}
 
