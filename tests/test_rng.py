@@ -48,11 +48,19 @@ def test_skipping_ahead_gives_the_numbers_a_full_reading_gives():
         jumped.at(0)
 
 
-def test_steps_returns_a_block_of_consecutive_steps():
+def test_steps_returns_a_block_of_consecutive_steps(monkeypatch):
     noise = ChainNoise(2, [0, 3], 9, "cpu", torch.float32)
     reference = _stream(2, [0, 3], 20, 9, torch.float32)
     assert torch.equal(noise.steps(0, 8), reference[:8])
     assert torch.equal(noise.steps(8, 8), reference[8:16])
+    # a chunk reaching into the next block, then taken again step by step (a chunk that failed to compile)
+    monkeypatch.setattr(rng, "NOISE_BLOCK_STEPS", 5)
+    noise, reference = (
+        ChainNoise(2, [0, 3], 9, "cpu", torch.float32),
+        _stream(2, [0, 3], 20, 9, torch.float32),
+    )
+    assert torch.equal(noise.steps(3, 4), reference[3:7])
+    assert all(torch.equal(noise.at(t), reference[t]) for t in range(3, 12))
 
 
 def test_float64_runs_draw_float64_numbers_and_reduced_precision_float32_ones():

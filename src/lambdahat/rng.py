@@ -137,6 +137,7 @@ class ChainNoise:
         self.block = noise_block_steps(self.dim)
         self.first = 0
         self.buffer: torch.Tensor | None = None
+        self._previous: tuple[int, torch.Tensor] | None = None
         work = _work_dtype(dtype)
         sequences = [chain_sequence(seed, c, stream) for c in chains]
         if self.device.type == "cuda":
@@ -173,12 +174,16 @@ class ChainNoise:
         return torch.from_numpy(out).to(device=self.device, dtype=self.dtype)
 
     def at(self, step: int) -> torch.Tensor:
-        """The noise of step ``step``, ``[chains, D]`` (contiguous)."""
+        """The noise of step ``step``, ``[chains, D]`` (contiguous); the block before the current one stays
+        readable (a chunk that reached into the next block may be taken again step by step)."""
         if self.buffer is None:
             self.buffer = self._draw()
+        if self._previous is not None and self._previous[0] <= step < self.first:
+            return self._previous[1][step - self._previous[0]]
         if step < self.first:
             raise ValueError(f"ChainNoise: steps are read in order; step {step} comes before {self.first}.")
         while step >= self.first + self.block:
+            self._previous = (self.first, self.buffer)
             self.first += self.block
             self.buffer = self._draw()
         return self.buffer[step - self.first]
