@@ -45,6 +45,7 @@ from .result import LLCResult
 from .trust import MAX_CHECK_BIAS
 
 __all__ = [
+    "CHECK_RUNS",
     "CHECKS",
     "LOCALIZATION_EXTRAPOLATION",
     "MAX_CHECK_BIAS",
@@ -58,6 +59,9 @@ __all__ = [
 
 #: The checks, in the order they run.
 CHECKS = ("step", "localization", "start")
+#: What each check costs, in main runs of as many chains (the step companion samples the same time in half the
+#: steps): a fact of the execution plan (:mod:`lambdahat.plan`), which weighs all the runs a call makes.
+CHECK_RUNS = {"step": 0.5, "localization": 1.0, "start": 1.0}
 #: The localization check's change on halving γ, times this, is its bias: the first-order (linear in γ) extrapolation
 #: of λ̂ to γ → 0. The halving alone read −5 to −7 % on a rank-2 deep linear network at γ = 10 whose λ̂ was 11-14 %
 #: below λ (benchmarks/RESULTS.md, the trust policy's confusion matrix).
@@ -174,6 +178,7 @@ def check_accuracy(
     chains: int | None = None,
     chain_batch: int | str | None = None,
     show_progress: bool = False,
+    planned_runs: int | None = None,
 ) -> dict[str, AccuracyCheck]:
     """Run the companions of ``result`` (the run of ``config`` on ``problem``) and measure its three biases.
 
@@ -187,7 +192,7 @@ def check_accuracy(
         skipped without it.
     chains:
         Chains per companion (default: the main run's).
-    chain_batch, show_progress:
+    chain_batch, show_progress, planned_runs:
         As for :func:`lambdahat.problem.run_chains`.
 
     Returns
@@ -218,6 +223,7 @@ def check_accuracy(
             warn=False,
             start_scale=start_scale,
             noise_coarsening=noise_coarsening,
+            planned_runs=planned_runs,
         )
 
     out: dict[str, AccuracyCheck] = {}

@@ -486,6 +486,7 @@ def calibrate_problem(
     budget: int | None = None,
     budget_seconds: float | None = None,
     per_sample_path: str | os.PathLike[str] | None = None,
+    planned_runs: int | None = None,
 ) -> Calibration:
     """Choose the step size ε of ``config`` on a prepared problem by its measured step bias, and run it.
 
@@ -511,6 +512,9 @@ def calibrate_problem(
         Chain-steps the search may spend (default :data:`BUDGET_RUNS` main runs); at least one round always runs.
     budget_seconds:
         Wall-clock limit of the search (checked before each round), or ``None``.
+    planned_runs:
+        Runs the caller plans on this problem's step, the search's included (a fact of every run's execution
+        plan, :mod:`lambdahat.plan`; :func:`lambdahat.sample` counts the budget and the checks).
 
     Returns
     -------
@@ -541,7 +545,14 @@ def calibrate_problem(
     if budget is None:
         budget = math.ceil(BUDGET_RUNS * config.chains * config.total_steps)
     search = _Search(
-        problem, config, seed, budget, budget_seconds, chain_batch=chain_batch, show_progress=show_progress
+        problem,
+        config,
+        seed,
+        budget,
+        budget_seconds,
+        chain_batch=chain_batch,
+        show_progress=show_progress,
+        planned_runs=planned_runs,
     )
     fm = problem.slots[0]
     x, y = next(iter(problem.feed(0, seed)))
@@ -597,7 +608,15 @@ def calibrate_problem(
     if rest:
         cfg = config.replace(learning_rate=chosen.learning_rate)
         checks.update(
-            check_accuracy(problem, cfg, final, checks=rest, chain_batch=chain_batch, show_progress=False)
+            check_accuracy(
+                problem,
+                cfg,
+                final,
+                checks=rest,
+                chain_batch=chain_batch,
+                show_progress=False,
+                planned_runs=planned_runs,
+            )
         )
     calibration = Calibration(
         learning_rate=chosen.learning_rate,

@@ -12,6 +12,7 @@ with ``config = LLCConfig(...)`` built from the constructor's arguments.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,8 +21,8 @@ import torch
 from torch import nn
 
 from . import guidance
-from .accuracy import check_accuracy, with_accuracy
-from .calibration import calibrate_problem
+from .accuracy import CHECK_RUNS, check_accuracy, with_accuracy
+from .calibration import BUDGET_RUNS, calibrate_problem
 from .config import LLCConfig
 from .functional import ParamSelection
 from .problem import Problem, nbeta_from_effective_size, prepare, run_chains
@@ -61,8 +62,9 @@ def sample(
         With an evaluation set (``prepare(..., evaluation=loader)``): stream its per-sample losses to this ``.npy``
         file (see :func:`lambdahat.problem.run_chains`).
     planned_runs:
-        Runs like this one the caller plans (a sweep's points): a fact of the execution plan, which
-        ``compile="auto"`` weighs (:mod:`lambdahat.plan`).
+        Calls like this one the caller plans (a sweep's points): with the runs of this call
+        (:func:`planned_call_runs`), a fact of the execution plan, which ``compile="auto"`` weighs
+        (:mod:`lambdahat.plan`).
 
     Returns
     -------
@@ -88,6 +90,7 @@ def sample(
     if not isinstance(config, LLCConfig):
         raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
     seed = resolve_seed(seed)
+    planned = planned_call_runs(config, planned_runs)
     if config.learning_rate == "auto":
         result = calibrate_problem(
             problem,
@@ -97,6 +100,7 @@ def sample(
             show_progress=show_progress,
             warn=False,
             per_sample_path=per_sample_path,
+            planned_runs=planned,
         ).result
     else:
         result = run_chains(
@@ -107,15 +111,38 @@ def sample(
             show_progress=show_progress,
             warn=False,
             per_sample_path=per_sample_path,
-            planned_runs=planned_runs,
+            planned_runs=planned,
         )
         if config.accuracy_checks():
             checks = check_accuracy(
-                problem, config, result, checks=config.accuracy_checks(), chain_batch=chain_batch
+                problem,
+                config,
+                result,
+                checks=config.accuracy_checks(),
+                chain_batch=chain_batch,
+                planned_runs=planned,
             )
             result = with_accuracy(result, checks, warn=False)
     advice = guidance.advise(result, n=problem.n)
     return result.rejudged({**result.settings, "guidance": advice}, warn=warn)
+
+
+def planned_call_runs(config: LLCConfig, planned_runs: int | None = None) -> int:
+    """The runs one :func:`sample` call makes on its step, in main runs: the main run, its accuracy checks
+    (:data:`lambdahat.accuracy.CHECK_RUNS`) and, with ``learning_rate="auto"``, the search's budget
+    (:data:`lambdahat.calibration.BUDGET_RUNS`), times the caller's ``planned_runs``: a fact of every run's
+    execution plan, so that ``compile="auto"`` weighs the whole call.
+
+    Examples
+    --------
+    >>> planned_call_runs(LLCConfig()), planned_call_runs(LLCConfig(checks="all")), planned_call_runs(
+    ...     LLCConfig(learning_rate="auto"), planned_runs=2)
+    (1, 4, 19)
+    """
+    runs = 1.0 + sum(CHECK_RUNS[name] for name in config.accuracy_checks())
+    if config.learning_rate == "auto":
+        runs += BUDGET_RUNS
+    return math.ceil(max(1, planned_runs or 1) * runs)
 
 
 class LLCEstimator:
