@@ -45,8 +45,8 @@ from .result import LLCResult
 from .trust import MAX_CHECK_BIAS
 
 __all__ = [
-    "CHECK_RUNS",
     "CHECKS",
+    "CHECK_RUNS",
     "LOCALIZATION_EXTRAPOLATION",
     "MAX_CHECK_BIAS",
     "START_RETRIES",
