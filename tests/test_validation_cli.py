@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -87,3 +88,19 @@ def test_validate_scale_runs_auto_with_the_checks(monkeypatch):
 def test_validate_scale_refuses_an_unknown_size():
     bad = CliRunner().invoke(app, ["validate", "--scale", "1e9"])
     assert bad.exit_code == 2 and "unknown sizes" in bad.output
+
+
+def test_validate_compile_takes_auto_true_or_false(monkeypatch):
+    import lambdahat.validation as validation
+
+    seen = []
+    monkeypatch.setattr(
+        validation, "run_validation", lambda **kw: seen.append(kw["compile"]) or pd.DataFrame()
+    )
+    monkeypatch.setattr(validation, "format_table", lambda df: "")
+    for flag, expected in ((None, "auto"), ("true", True), ("FALSE", False)):
+        args = ["validate", "--quick"] + ([] if flag is None else ["--compile", flag])
+        assert CliRunner().invoke(app, args).exit_code == 0
+        assert seen[-1] == expected
+    bad = CliRunner().invoke(app, ["validate", "--compile", "sometimes"])
+    assert bad.exit_code != 0 and "auto, true or false" in bad.output

@@ -18,7 +18,12 @@ def validate(
         False, "--quick", help="Run the three-case quick set instead of the full one."
     ),
     seed: int = typer.Option(0, help="Master seed of every run."),
-    compile: bool = typer.Option(False, "--compile/--no-compile", help="Compile the sampler step."),
+    compile: str = typer.Option(
+        "auto",
+        "--compile",
+        help="auto (compile when the planned work is large, a rule of the run's facts: lambdahat.plan), true or "
+        "false.",
+    ),
     csv: str | None = typer.Option(None, help="Also write the table to this CSV file."),
     calibrate: bool = typer.Option(
         False,
@@ -40,6 +45,10 @@ def validate(
     """
     from .validation import SCALE_SETTINGS, format_table, run_validation
 
+    choices = {"auto": "auto", "true": True, "false": False}
+    if compile.lower() not in choices:
+        raise typer.BadParameter(f"expected auto, true or false; got {compile!r}.", param_hint="--compile")
+    compile = choices[compile.lower()]
     if scale is not None:
         from .truth import scale_cases
 
