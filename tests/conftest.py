@@ -41,6 +41,22 @@ def tiny_model():
 
 
 @pytest.fixture
+def planned_facts(monkeypatch) -> list:
+    """The :class:`lambdahat.plan.RunFacts` of every run planned while the test runs, in order."""
+    import lambdahat.problem as problem_module
+
+    seen: list = []
+    real = problem_module.plan_execution
+
+    def spy(facts):
+        seen.append(facts)
+        return real(facts)
+
+    monkeypatch.setattr(problem_module, "plan_execution", spy)
+    return seen
+
+
+@pytest.fixture
 def loader(classification_data):
     return DataLoader(classification_data, batch_size=32, shuffle=True)
 

@@ -219,23 +219,13 @@ def test_auto_compile_skips_short_runs(tiny_model, loader):
     assert est.get_metrics()["compiled"] is False
 
 
-def test_sweeps_tell_the_plan_their_planned_points(tiny_model, loader, monkeypatch):
-    import lambdahat.problem as problem
-
-    seen = []
-    real = problem.plan_execution
-
-    def spy(facts):
-        seen.append(facts.planned_runs)
-        return real(facts)
-
-    monkeypatch.setattr(problem, "plan_execution", spy)
+def test_sweeps_tell_the_plan_their_planned_points(tiny_model, loader, planned_facts):
     fixed = {k: v for k, v in FAST.items() if k not in ("learning_rate", "localization")}
     config = lambdahat.GridSearchConfig(learning_rate=[1e-4, 2e-4, 3e-4], localization=100.0, **fixed)
     lambdahat.LLCGridSearch(config).run_grid_search(
         tiny_model, loader, seed=0, compile="auto", show_progress=False
     )
-    assert seen == [3, 3, 3]
+    assert [facts.planned_runs for facts in planned_facts] == [3, 3, 3]
 
 
 def test_failed_compile_falls_back_to_eager_with_one_warning(tiny_model, loader, monkeypatch):

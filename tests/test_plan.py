@@ -236,19 +236,10 @@ def test_a_run_that_cannot_chunk_reports_single_steps(monkeypatch):
     assert chunked.settings["chunk_steps"] == plan.CHUNK_STEPS
 
 
-def test_a_call_plans_all_its_runs_together(monkeypatch):
+def test_a_call_plans_all_its_runs_together(planned_facts):
     """With accuracy checks, the main run and its companions each plan with the call's total (1 + 0.5 + 1 + 1
     main runs, rounded up): one decision for the whole call, so a long call with checks compiles as one."""
-    import lambdahat.problem as problem_module
-
-    seen = []
-    real = problem_module.plan_execution
-
-    def spy(facts):
-        seen.append(facts.planned_runs)
-        return real(facts)
-
-    monkeypatch.setattr(problem_module, "plan_execution", spy)
     config = LLCConfig(**FAST, checks="all")
     sample(prepare(_model(), _data(), config), config, seed=0, show_progress=False, warn=False)
-    assert len(seen) == 4 and set(seen) == {4}  # the main run, the step, localization and start companions
+    # the main run, the step, localization and start companions
+    assert [facts.planned_runs for facts in planned_facts] == [4, 4, 4, 4]
