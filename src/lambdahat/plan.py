@@ -45,10 +45,12 @@ __all__ = [
     "plan_execution",
 ]
 
-#: ``compile="auto"`` compiles from this many planned step calls per device slot: at 0.3–1 ms saved per call on
-#: the development CPU, 50,000 calls save 15–50 s, the cost of a cold compile. On CUDA an eager step launches
-#: hundreds of kernels (a few µs each), so compiling pays sooner; that figure is not measured on a GPU here.
-AUTO_COMPILE_CALLS = {"cpu": 50_000, "cuda": 20_000}
+#: ``compile="auto"`` compiles from this many planned step calls per device slot. Measured on the development CPU
+#: (benchmarks/RESULTS.md, issue 20: the four ../shared/bench workloads, 8 chains): a cold compile costs 9–31 s
+#: more than an eager first call and then saves 1.9–18 ms per call, so it pays after 1,700–10,000 calls; 20,000
+#: leaves a margin of two over the slowest to pay (modular addition). On CUDA an eager step launches hundreds of
+#: kernels (a few µs each), so compiling pays at least as soon; not measured on a GPU here.
+AUTO_COMPILE_CALLS = {"cpu": 20_000, "cuda": 20_000}
 #: ... or from this many planned floating-point operations (``6 D b`` per chain-step): on the development CPU (about
 #: 70 GFLOP/s in an eager transformer step) 2e13 is about five minutes of eager arithmetic, of which compiling saves
 #: 10–30 %, the cost of a cold compile.
