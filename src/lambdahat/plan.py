@@ -8,18 +8,19 @@ on wall-clock timing, on earlier calls in the process or on files left by earlie
 the same seed gives the same bits in any fresh process. (A compiled step made by an earlier call is reused only
 when the plan asks for a compiled step anyway; it computes the same numbers.)
 
-The rule for ``compile="auto"``. Compiling a step costs tens of seconds once (20–40 s for the benchmark models on
-a 2-core CPU with a cold cache, benchmarks/RESULTS.md) and then saves a part of every call: the per-call overhead of
-the eager operations (about 0.3–1 ms per call on that CPU) and a share of the arithmetic (10–30 %, by fusing the
-update and the elementwise work). So ``"auto"`` compiles when the planned work is large by either measure:
+The rule for ``compile="auto"``. Compiling a step costs tens of seconds once (9–31 s more than an eager first
+call for the benchmark models on a 2-core CPU with a cold cache, benchmarks/RESULTS.md) and then saves a part of
+every call: the per-call overhead of the eager operations and a share of the arithmetic, by fusing the update and
+the elementwise work (1.9–18 ms per call on those models). So ``"auto"`` compiles when the planned work is large by
+either measure:
 
 .. math::
 
-    \\text{calls} = S \\cdot \\lceil C / C_b \\rceil \\cdot R \\ge N_{\\text{calls}}
+    \\text{calls} = S \\cdot \\lceil \\lceil C / C_b \\rceil / K \\rceil \\cdot R \\ge N_{\\text{calls}}
     \\quad\\text{or}\\quad
     \\text{flops} = 6 \\, D \\, b \\, S \\, C \\, R \\ge N_{\\text{flops}}
 
-with ``S`` steps per chain, ``C`` chains in batches of ``C_b``, ``R`` planned runs, ``D`` sampled scalars and ``b``
+with ``S`` steps per chain, ``C`` chains in batches of ``C_b`` over ``K`` device slots, ``R`` planned runs, ``D`` sampled scalars and ``b``
 counted samples (tokens) per batch (``6 D b`` is the usual count of a dense model's forward and backward). The
 thresholds depend on the kind of device only (:data:`AUTO_COMPILE_CALLS`, :data:`AUTO_COMPILE_FLOPS`). A single
 notebook-sized call (thousands of steps) stays eager and starts at once; a long run or a sweep that says how many
