@@ -359,7 +359,9 @@ def test_one_diverged_chain_is_excluded_from_the_mean(tiny_model, loader):
     kept = bad.llcs[[0, 2, 3]]
     # llcs are stored in float32: each carries a rounding of ~6e-8 of its own size, which the mean of values of
     # both signs does not shrink
-    assert bad.llc_mean == pytest.approx(float(kept.double().mean()), rel=0, abs=1e-6 * float(kept.abs().max()))
+    assert bad.llc_mean == pytest.approx(
+        float(kept.double().mean()), rel=0, abs=1e-6 * float(kept.abs().max())
+    )
 
 
 def test_a_too_large_step_is_flagged_by_mala_acceptance():
