@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .chains import ChainTrace, EvaluationSet, Schedule, StepFunction, run_chain_batch
+from .chains import ChainTrace, EvaluationSet, Schedule, StepFunction, is_out_of_memory, run_chain_batch
 from .data import DataFeed
 from .functional import FunctionalModel
 from .samplers import Context, Hyper, Sampler
@@ -108,8 +108,8 @@ def run_slots(
                 start_scale=job.start_scale,
                 noise_coarsening=job.noise_coarsening,
             )
-        except torch.OutOfMemoryError:
-            if not split_on_oom or len(chains) == 1:
+        except Exception as exc:
+            if not is_out_of_memory(exc) or not split_on_oom or len(chains) == 1:
                 raise
             torch.cuda.empty_cache()
             half = len(chains) // 2
