@@ -37,6 +37,7 @@ OPTION_NAMES = [
     "--model-mode",
     "--grad-accum-steps",
     "--checks",
+    "--max-burnin-steps",
 ]
 
 
@@ -117,6 +118,13 @@ def test_every_option_parses_into_the_config():
 def test_learning_rate_auto():
     out = parsed(invoke(make_app(), "--learning-rate", "auto"))
     assert out["learning_rate"] == "auto"
+
+
+def test_burnin_steps_auto_and_its_cap():
+    out = parsed(invoke(make_app(), "--burnin-steps", "auto", "--max-burnin-steps", 900))
+    assert out["burnin_steps"] == "auto" and out["max_burnin_steps"] == 900
+    bad = invoke(make_app(), "--burnin-steps", "long")
+    assert bad.exit_code == 2 and "whole number or 'auto'" in bad.output
 
 
 def test_help_lists_every_option_with_its_help():

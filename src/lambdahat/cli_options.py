@@ -96,6 +96,17 @@ def _number_or_auto(value: Any) -> float | str:
         raise typer.BadParameter(f"expected a positive number or 'auto'; got {value!r}.") from None
 
 
+def _int_or_auto(value: Any) -> int | str:
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"expected a whole number or 'auto'; got {value!r}.") from None
+
+
 def _json_mapping(value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
@@ -122,9 +133,12 @@ def _option(setting: Setting, default: Any, decl: str, panel: str | None, hidden
     if setting.choices is not None:
         choice = Literal[setting.choices]  # type: ignore[valid-type]
         return Annotated[choice | None, typer.Option(decl, **common)], default
-    if kind in ("int", "float", "float | None"):
-        base = int if kind == "int" else float
+    if kind in ("int", "int | None", "float", "float | None"):
+        base = int if kind.startswith("int") else float
         return Annotated[base | None, typer.Option(decl, **common)], default
+    if kind == "int | str":
+        option = typer.Option(decl, parser=_int_or_auto, metavar="INT|auto", **common)
+        return Annotated[int | None, option], default
     if kind == "float | str":
         option = typer.Option(decl, parser=_number_or_auto, metavar="FLOAT|auto", **common)
         return Annotated[float | None, option], default

@@ -138,7 +138,7 @@ def _checks(value: Any) -> str:
 FIELD_HELP: dict[str, str] = {
     "draws": "draws per chain after burn-in",
     "chains": "independent chains, all in one vmapped call",
-    "burnin_steps": "steps discarded before the first draw",
+    "burnin_steps": "steps discarded before the first draw, or 'auto' to run until the chains have relaxed",
     "steps_bw_draws": "steps between consecutive draws",
     "learning_rate": "step size ε, or 'auto' to choose it on its measured step bias",
     "localization": "γ, the strength of the pull towards w*",
@@ -154,6 +154,7 @@ FIELD_HELP: dict[str, str] = {
     "grad_accum_steps": "micro-batches per step: each step's gradient and loss are those of k loader batches together",
     "checks": "accuracy checks after the run: auto (all with learning_rate=auto, none otherwise), all, none, or a "
     "comma list of step, localization, start",
+    "max_burnin_steps": "cap of burnin_steps='auto' (empty: 32 times the first burn-in it tries)",
 }
 
 
@@ -168,7 +169,10 @@ class LLCConfig:
     chains:
         Independent chains (default 10).
     burnin_steps:
-        Steps discarded before the first draw (default 100).
+        Steps discarded before the first draw (default 100), or ``"auto"``: run until the chains have relaxed, as
+        measured on λ̂ by the start check (:mod:`lambdahat.relaxation`: the burn-in doubles from
+        ``max(100, draws · steps_bw_draws)`` until chains started at ``w*`` and from ``N(w*, I/γ)`` agree, up to
+        ``max_burnin_steps``). The result records the burn-in used and the search.
     steps_bw_draws:
         Steps between consecutive draws (default 1).
     learning_rate:
@@ -210,7 +214,11 @@ class LLCConfig:
         one bias of λ̂ directly: ``"step"`` (λ̂ at 2ε for the same sampled time), ``"localization"`` (at γ/2),
         ``"start"`` (chains from over-dispersed starts). ``"auto"`` (default): all three when ``learning_rate`` is
         ``"auto"``, none otherwise; ``"all"``, ``"none"``, or a comma-separated list. They cost about
-        ``0.5 + 1 + 1`` main runs and turn the trust verdict from proxies into measured biases.
+        ``0.5 + 1 + 1`` main runs and turn the trust verdict from proxies into measured biases. With
+        ``burnin_steps="auto"`` the start check always runs (it is how relaxation is measured).
+    max_burnin_steps:
+        The largest burn-in ``burnin_steps="auto"`` may choose (default ``None``: 32 times the first one it tries,
+        five doublings).
 
     Examples
     --------
@@ -223,7 +231,7 @@ class LLCConfig:
 
     draws: int = 200
     chains: int = 10
-    burnin_steps: int = 100
+    burnin_steps: int | str = 100
     steps_bw_draws: int = 1
     learning_rate: float | str = 1e-5
     localization: float = 100.0
@@ -237,12 +245,22 @@ class LLCConfig:
     model_mode: str = "eval"
     grad_accum_steps: int = 1
     checks: str = "auto"
+    max_burnin_steps: int | None = None
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         put("draws", _int("draws", self.draws, 1))
         put("chains", _int("chains", self.chains, 1))
-        put("burnin_steps", _int("burnin_steps", self.burnin_steps, 0))
+        if isinstance(self.burnin_steps, str):
+            if self.burnin_steps.strip().lower() != "auto":
+                raise ValueError(
+                    f"LLCConfig: burnin_steps must be an int >= 0 or 'auto'; got {self.burnin_steps!r}."
+                )
+            put("burnin_steps", "auto")
+        else:
+            put("burnin_steps", _int("burnin_steps", self.burnin_steps, 0))
+        if self.max_burnin_steps is not None:
+            put("max_burnin_steps", _int("max_burnin_steps", self.max_burnin_steps, 1))
         put("steps_bw_draws", _int("steps_bw_draws", self.steps_bw_draws, 1))
         put("grad_accum_steps", _int("grad_accum_steps", self.grad_accum_steps, 1))
         if isinstance(self.learning_rate, str):
@@ -277,9 +295,16 @@ class LLCConfig:
         if self.model_mode not in MODEL_MODES:
             raise ValueError(f"LLCConfig: model_mode must be 'eval' or 'train'; got {self.model_mode!r}.")
         put("checks", _checks(self.checks))
+        if self.burnin_steps == "auto" and (self.localization <= 0 or self.chains < 2):
+            raise ValueError(
+                "LLCConfig: burnin_steps='auto' measures relaxation by chains started from N(w*, I/γ) against "
+                f"chains from w*, which needs localization > 0 and chains >= 2; got localization="
+                f"{self.localization:g}, chains={self.chains}. Give burnin_steps a number instead."
+            )
 
     def accuracy_checks(self) -> tuple[str, ...]:
-        """The accuracy checks this config asks for (``checks="auto"``: all with ``learning_rate="auto"``).
+        """The accuracy checks this config asks for (``checks="auto"``: all with ``learning_rate="auto"``; the start
+        check always with ``burnin_steps="auto"``).
 
         Examples
         --------
@@ -287,14 +312,20 @@ class LLCConfig:
         ('step', 'localization', 'start')
         >>> LLCConfig(checks="start,step").accuracy_checks(), LLCConfig().accuracy_checks()
         (('step', 'start'), ())
+        >>> LLCConfig(burnin_steps="auto", checks="step").accuracy_checks()
+        ('step', 'start')
         """
         if self.checks == "auto":
-            return ACCURACY_CHECKS if self.learning_rate == "auto" else ()
-        if self.checks == "all":
-            return ACCURACY_CHECKS
-        if self.checks == "none":
-            return ()
-        return tuple(self.checks.split(","))
+            chosen: tuple[str, ...] = ACCURACY_CHECKS if self.learning_rate == "auto" else ()
+        elif self.checks == "all":
+            chosen = ACCURACY_CHECKS
+        elif self.checks == "none":
+            chosen = ()
+        else:
+            chosen = tuple(self.checks.split(","))
+        if self.burnin_steps == "auto":  # relaxation is measured by the start check
+            chosen = tuple(name for name in ACCURACY_CHECKS if name in chosen or name == "start")
+        return chosen
 
     def __hash__(self) -> int:
         data = self.to_dict()
@@ -303,7 +334,12 @@ class LLCConfig:
 
     @property
     def schedule(self) -> Schedule:
-        """The step schedule (burn-in, draws, thinning)."""
+        """The step schedule (burn-in, draws, thinning); ``burnin_steps="auto"`` must be resolved first."""
+        if self.burnin_steps == "auto":
+            raise ValueError(
+                "LLCConfig: burnin_steps='auto' has no schedule yet; lambdahat.sample chooses the burn-in (pass the "
+                "config to sample or estimate_llc, or give burnin_steps a number)."
+            )
         return Schedule(self.draws, self.burnin_steps, self.steps_bw_draws)
 
     @property
@@ -317,8 +353,8 @@ class LLCConfig:
         from .samplers import get_sampler
 
         options = dict(self.sampler_options)
-        if self.sampler == "rmsprop_sgld":
-            options.setdefault("adapt_steps", self.burnin_steps)
+        if self.sampler == "rmsprop_sgld":  # an automatic burn-in binds it once chosen
+            options.setdefault("adapt_steps", 0 if self.burnin_steps == "auto" else self.burnin_steps)
         try:
             return get_sampler(self.sampler, **options)
         except TypeError as exc:

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from . import guidance
-from .accuracy import CHECK_RUNS, check_accuracy, with_accuracy
+from .accuracy import CHECK_RUNS, AccuracyCheck, check_accuracy, with_accuracy
 from .calibration import BUDGET_RUNS, calibrate_problem
 from .config import LLCConfig
 from .functional import ParamSelection
 from .problem import Problem, nbeta_from_effective_size, prepare, run_chains
+from .relaxation import RELAXATION_RUNS, search_burnin
 from .result import LLCResult
 from .rng import resolve_seed
 
@@ -43,7 +44,8 @@ def sample(
     per_sample_path: str | os.PathLike[str] | None = None,
     planned_runs: int | None = None,
 ) -> LLCResult:
-    """Run the chains of ``config`` on a prepared problem; ``learning_rate="auto"`` is calibrated first.
+    """Run the chains of ``config`` on a prepared problem; ``learning_rate="auto"`` is calibrated first, and
+    ``burnin_steps="auto"`` runs until the chains have relaxed (:mod:`lambdahat.relaxation`).
 
     Parameters
     ----------
@@ -70,7 +72,9 @@ def sample(
     -------
     LLCResult
         With the calibration's evidence in ``settings["calibration"]`` when ε was chosen, and the accuracy checks
-        of ``config.accuracy_checks()`` in ``settings["accuracy"]`` (judged by the trust policy).
+        of ``config.accuracy_checks()`` in ``settings["accuracy"]`` (judged by the trust policy); with
+        ``burnin_steps="auto"``, the burn-in it chose in ``settings["burnin_steps"]`` and the search in
+        ``settings["burnin_search"]``.
 
     Examples
     --------
@@ -91,57 +95,96 @@ def sample(
         raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
     seed = resolve_seed(seed)
     planned = planned_call_runs(config, planned_runs)
-    if config.learning_rate == "auto":
-        result = calibrate_problem(
-            problem,
-            config,
-            seed=seed,
-            chain_batch=chain_batch,
-            show_progress=show_progress,
-            warn=False,
-            per_sample_path=per_sample_path,
-            planned_runs=planned,
-        ).result
+    options = dict(
+        seed=seed,
+        chain_batch=chain_batch,
+        show_progress=show_progress,
+        per_sample_path=per_sample_path,
+        planned_runs=planned,
+    )
+    if config.burnin_steps == "auto":
+        result = _sample_relaxed(problem, config, **options)
     else:
-        result = run_chains(
-            problem,
-            config,
-            seed=seed,
-            chain_batch=chain_batch,
-            show_progress=show_progress,
-            warn=False,
-            per_sample_path=per_sample_path,
-            planned_runs=planned,
-        )
-        if config.accuracy_checks():
-            checks = check_accuracy(
-                problem,
-                config,
-                result,
-                checks=config.accuracy_checks(),
-                chain_batch=chain_batch,
-                planned_runs=planned,
-            )
-            result = with_accuracy(result, checks, warn=False)
+        result = _sample_at(problem, config, config.accuracy_checks(), **options)
     advice = guidance.advise(result, n=problem.n)
     return result.rejudged({**result.settings, "guidance": advice}, warn=warn)
+
+
+def _sample_at(problem: Problem, config: LLCConfig, checks: Sequence[str], **options: Any) -> LLCResult:
+    """One run of ``config`` (a number of burn-in steps), ``learning_rate="auto"`` calibrated, with ``checks``."""
+    if config.learning_rate == "auto":
+        return calibrate_problem(
+            problem, config.replace(checks=_checks_text(checks)), warn=False, **options
+        ).result
+    result = run_chains(problem, config, warn=False, **options)
+    return _with_checks(problem, config, result, checks, options)
+
+
+def _with_checks(
+    problem: Problem, config: LLCConfig, result: LLCResult, checks: Sequence[str], options: dict[str, Any]
+) -> LLCResult:
+    """``result`` with the accuracy checks in ``checks`` that it does not carry yet."""
+    done = dict(result.settings.get("accuracy") or {})
+    missing = [name for name in checks if name not in done]
+    if not missing:
+        return result
+    measured = check_accuracy(
+        problem,
+        config,
+        result,
+        checks=missing,
+        chain_batch=options["chain_batch"],
+        planned_runs=options["planned_runs"],
+    )
+    recorded = {name: AccuracyCheck.from_dict(check) for name, check in done.items()}
+    return with_accuracy(result, {**recorded, **measured}, warn=False)
+
+
+def _checks_text(checks: Sequence[str]) -> str:
+    return ",".join(checks) or "none"
+
+
+def _sample_relaxed(problem: Problem, config: LLCConfig, **options: Any) -> LLCResult:
+    """``burnin_steps="auto"``: the burn-in search of :mod:`lambdahat.relaxation`, each attempt the main run and its
+    start check (``learning_rate="auto"`` is calibrated once, at the first burn-in, and kept); the config's other
+    checks then run on the chosen attempt."""
+    chosen: dict[str, Any] = {}
+
+    def attempt(burnin: int) -> LLCResult:
+        cfg = config.replace(burnin_steps=burnin, **chosen.get("learning_rate", {}))
+        result = _sample_at(problem, cfg, ("start",), **options)
+        if config.learning_rate == "auto" and not chosen:
+            chosen["learning_rate"] = {"learning_rate": float(result.learning_rate)}
+            chosen["calibration"] = result.settings.get("calibration")
+        return result
+
+    result, search = search_burnin(config, attempt)
+    final = config.replace(burnin_steps=search.burnin_steps, **chosen.get("learning_rate", {}))
+    result = _with_checks(problem, final, result, config.accuracy_checks(), options)
+    settings = {**result.settings, "checks": config.checks, "burnin_search": search.summary()}
+    if config.learning_rate == "auto":
+        settings.update(learning_rate="auto", calibration=chosen["calibration"])
+    return result.rejudged(settings, warn=False)
 
 
 def planned_call_runs(config: LLCConfig, planned_runs: int | None = None) -> int:
     """The runs one :func:`sample` call makes on its step, in main runs: the main run, its accuracy checks
     (:data:`lambdahat.accuracy.CHECK_RUNS`) and, with ``learning_rate="auto"``, the search's budget
-    (:data:`lambdahat.calibration.BUDGET_RUNS`), times the caller's ``planned_runs``: a fact of every run's
+    (:data:`lambdahat.calibration.BUDGET_RUNS`), with ``burnin_steps="auto"`` the burn-in search's earlier attempts
+    (:data:`lambdahat.relaxation.RELAXATION_RUNS`), times the caller's ``planned_runs``: a fact of every run's
     execution plan, so that ``compile="auto"`` weighs the whole call.
 
     Examples
     --------
     >>> planned_call_runs(LLCConfig()), planned_call_runs(LLCConfig(checks="all")), planned_call_runs(
-    ...     LLCConfig(learning_rate="auto"), planned_runs=2)
-    (1, 4, 19)
+    ...     LLCConfig(learning_rate="auto"), planned_runs=2), planned_call_runs(LLCConfig(burnin_steps="auto"))
+    (1, 4, 19, 5)
     """
     runs = 1.0 + sum(CHECK_RUNS[name] for name in config.accuracy_checks())
     if config.learning_rate == "auto":
         runs += BUDGET_RUNS
+    if config.burnin_steps == "auto":
+        runs += RELAXATION_RUNS
     return math.ceil(max(1, planned_runs or 1) * runs)
 
 
