@@ -142,3 +142,25 @@ def test_non_finite_loss_at_w_star(classification_data):
         model.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="loss at w\\* is nan"):
         estimate(model, DataLoader(classification_data, batch_size=32))
+
+
+def test_error_messages_name_the_function_that_raised():
+    """An error says which function raised it (prepare, run_chains, sample, the data feed), not the facade's name
+    when the user called another entry point."""
+    from lambdahat import LLCConfig, prepare, sample
+    from lambdahat.problem import run_chains
+
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    with pytest.raises(TypeError, match="^prepare: model must be a torch.nn.Module"):
+        prepare("not a model", loader, criterion_fn=F.mse_loss)
+    with pytest.raises(ValueError, match="^prepare: params pattern 'nothing'"):
+        prepare(nn.Linear(4, 1), loader, criterion_fn=F.mse_loss, params=["nothing"])
+    problem = prepare(nn.Linear(4, 1), loader, criterion_fn=F.mse_loss, compile=False)
+    config = LLCConfig(draws=2, chains=2, burnin_steps=1, learning_rate=1e-4)
+    with pytest.raises(ValueError, match="^sample: seed must be a non-negative int"):
+        sample(problem, config, seed=-1)
+    with pytest.raises(ValueError, match="^run_chains: chain_batch must be"):
+        run_chains(problem, config, chain_batch=0)
+    with pytest.raises(TypeError, match="^run_chains: config must be an LLCConfig"):
+        run_chains(problem, {"draws": 2})

@@ -243,7 +243,7 @@ def test_a_well_mixed_synthetic_run_is_ok():
 
 def test_one_policy_drives_warning_framing_and_table_status():
     # ||w − w*|| rises through every draw: the old diagnostics said "warnings: none"
-    with pytest.warns(RuntimeWarning, match=r"estimate_llc: the distance \|\|w − w\*\|\| is still growing"):
+    with pytest.warns(RuntimeWarning, match=r"lambdahat: the distance \|\|w − w\*\|\| is still growing"):
         grown = from_trace(synthetic(distance_slope=0.01), warn=True)
     ok = from_trace(synthetic())
     assert grown.distance_trend_z > 0
@@ -277,7 +277,7 @@ def test_one_policy_drives_warning_framing_and_table_status():
 
 @pytest.mark.parametrize("acceptance", [0.857, 0.87, 0.897])
 def test_a_run_at_acceptance_below_0_9_warns(acceptance):
-    with pytest.warns(RuntimeWarning, match=r"estimate_llc: mean MALA acceptance is 0\.8\d+ \(< 0\.9"):
+    with pytest.warns(RuntimeWarning, match=r"lambdahat: mean MALA acceptance is 0\.8\d+ \(< 0\.9"):
         r = from_trace(synthetic(acceptance=acceptance), warn=True)
     assert r.mala_acceptance == pytest.approx(acceptance)
     assert r.status == "untrusted" and r.trust_reasons[0].startswith("acceptance 0.8")

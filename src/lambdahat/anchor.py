@@ -66,7 +66,7 @@ def anchor_pass(fm: FunctionalModel, feed: DataFeed, with_direction: bool) -> An
         count += m.double()
     if not count > 0:
         raise ValueError(
-            "estimate_llc: no sample of the data counts towards the loss (every target is the ignore index -100, "
+            "prepare: no sample of the data counts towards the loss (every target is the ignore index -100, "
             "or every mask is 0); pass data with targets that count."
         )
     init_loss, counted = float(total / count), float(count)
@@ -75,7 +75,7 @@ def anchor_pass(fm: FunctionalModel, feed: DataFeed, with_direction: bool) -> An
     norm = grad_sum.norm()
     if not torch.isfinite(norm) or norm == 0:
         raise ValueError(
-            "estimate_llc: restrict_to_orth_grad=True needs a non-zero, finite full-batch gradient at w*; "
+            "prepare: restrict_to_orth_grad=True needs a non-zero, finite full-batch gradient at w*; "
             f"its norm is {float(norm)}. Use restrict_to_orth_grad=False at an exact critical point."
         )
     return Anchor(init_loss, (grad_sum / norm).to(fm.param_dtype), batches, counted)

@@ -541,7 +541,7 @@ def calibrate_problem(
             "calibrate: learning_rate='auto' measures the step bias across chains and needs chains >= 2; got "
             f"chains={config.chains}."
         )
-    seed = resolve_seed(seed)
+    seed = resolve_seed(seed, "calibrate")
     if budget is None:
         budget = math.ceil(BUDGET_RUNS * config.chains * config.total_steps)
     search = _Search(

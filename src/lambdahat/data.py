@@ -60,16 +60,16 @@ def default_unpack(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, dict):
         keys = list(batch)
         raise TypeError(
-            f"estimate_llc: the loader yielded a dict with keys {keys}; pass unpack_fn that returns (inputs, "
+            f"default_unpack: the loader yielded a dict with keys {keys}; pass unpack_fn that returns (inputs, "
             f"targets), e.g. unpack_fn=lambda b: (b[{keys[0]!r}], b[{keys[-1]!r}])."
         )
     if isinstance(batch, tuple | list):
         raise TypeError(
-            f"estimate_llc: the loader yielded a {type(batch).__name__} of {len(batch)} elements, expected "
+            f"default_unpack: the loader yielded a {type(batch).__name__} of {len(batch)} elements, expected "
             f"(inputs, targets); pass unpack_fn, e.g. unpack_fn=lambda b: (b[0], b[1])."
         )
     raise TypeError(
-        f"estimate_llc: the loader yielded a {type(batch).__name__}, expected an (inputs, targets) pair; "
+        f"default_unpack: the loader yielded a {type(batch).__name__}, expected an (inputs, targets) pair; "
         "pass unpack_fn=lambda batch: (inputs, targets)."
     )
 
@@ -291,7 +291,7 @@ class PassLedger:
         if recorded != fingerprint:
             which = f"pass {pass_index}" + (" (the full-data pass used for L0)" if pass_index == -1 else "")
             raise ValueError(
-                f"estimate_llc: the loader gave different batches to different chain batches on {which}: its "
+                f"DataFeed: the loader gave different batches to different chain batches on {which}: its "
                 "first batch differs between two reads of that pass with the same seed, so per-chain results "
                 "would depend on chain_batch and devices. The loader's randomness is not one lambdahat can "
                 "seed (e.g. an IterableDataset that shuffles itself, or a sampler or dataset using numpy or "
@@ -371,7 +371,7 @@ class DataFeed:
             )
         if empty:
             raise ValueError(
-                "estimate_llc: the loader yielded no batch; pass a DataLoader over a non-empty dataset "
+                "DataFeed: the loader yielded no batch; pass a DataLoader over a non-empty dataset "
                 "(with drop_last=True, the dataset must hold at least one full batch)."
             )
 

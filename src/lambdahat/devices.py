@@ -29,19 +29,15 @@ def resolve_devices(devices) -> list[torch.device]:
     index means the current device. Errors say what to pass."""
     items = list(devices) if isinstance(devices, list | tuple) else [devices]
     if not items:
-        raise ValueError(
-            "estimate_llc: devices is empty; pass a device such as 'cpu' or ['cuda:0', 'cuda:1']."
-        )
+        raise ValueError("prepare: devices is empty; pass a device such as 'cpu' or ['cuda:0', 'cuda:1'].")
     resolved = []
     for d in items:
         try:
             dev = torch.device(d)
         except (RuntimeError, TypeError) as exc:
-            raise ValueError(f"estimate_llc: {d!r} is not a device; pass e.g. 'cpu', 'cuda:0'.") from exc
+            raise ValueError(f"prepare: {d!r} is not a device; pass e.g. 'cpu', 'cuda:0'.") from exc
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"estimate_llc: device {d!r} asked for, but CUDA is not available here; pass 'cpu'."
-            )
+            raise ValueError(f"prepare: device {d!r} asked for, but CUDA is not available here; pass 'cpu'.")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         resolved.append(dev)

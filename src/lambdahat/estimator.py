@@ -201,10 +201,11 @@ class LLCEstimator:
         ``learning_rate="auto"`` is chosen on every run by its measured step bias
         (:func:`lambdahat.calibrate_problem`); the choice and its evidence are in ``get_metrics()["calibration"]``,
         the accuracy checks in ``get_metrics()["accuracy"]``.
+        ``burnin_steps="auto"`` runs until the chains have relaxed (:mod:`lambdahat.relaxation`).
     sampler, weight_decay, restrict_to_orth_grad, bounding_box_size, sampler_options, model_mode, grad_accum_steps,
-    checks:
+    checks, max_burnin_steps:
         Keyword-only; see :class:`~lambdahat.LLCConfig` (``checks``: the accuracy checks of
-        :mod:`lambdahat.accuracy` made after the chains).
+        :mod:`lambdahat.accuracy` made after the chains; ``max_burnin_steps``: the cap of ``burnin_steps="auto"``).
 
     Examples
     --------
@@ -225,7 +226,7 @@ class LLCEstimator:
         self,
         draws: int = 200,
         chains: int = 10,
-        burnin_steps: int = 100,
+        burnin_steps: int | str = 100,
         steps_bw_draws: int = 1,
         learning_rate: float | str = 1e-5,
         localization: float = 100.0,
@@ -240,6 +241,7 @@ class LLCEstimator:
         model_mode: str = "eval",
         grad_accum_steps: int = 1,
         checks: str = "auto",
+        max_burnin_steps: int | None = None,
     ) -> None:
         self.config = LLCConfig(
             draws=draws,
@@ -258,6 +260,7 @@ class LLCEstimator:
             model_mode=model_mode,
             grad_accum_steps=grad_accum_steps,
             checks=checks,
+            max_burnin_steps=max_burnin_steps,
         )
         self.result: LLCResult | None = None
 

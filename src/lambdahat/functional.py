@@ -126,7 +126,7 @@ def _as_mask(name: str, value: Any, shape: torch.Size) -> torch.Tensor | bool | 
     mask = torch.as_tensor(value)
     if mask.dtype != torch.bool or tuple(mask.shape) != tuple(shape):
         raise ValueError(
-            f"estimate_llc: the params mask of {name!r} must be True/False or a bool tensor of the parameter's "
+            f"prepare: the params mask of {name!r} must be True/False or a bool tensor of the parameter's "
             f"shape {tuple(shape)}; got {'a ' + str(mask.dtype) if mask.dtype != torch.bool else 'shape'} "
             f"{tuple(mask.shape) if mask.dtype == torch.bool else ''}".rstrip()
             + ". Build it with e.g. torch.zeros_like(param, dtype=torch.bool)."
@@ -174,7 +174,7 @@ def select_parameters(model: nn.Module, params: ParamSelection) -> ParamLayout:
     all_names = list(named)
     if not all_names:
         raise ValueError(
-            "estimate_llc: the model has no parameters; the LLC is defined over a model's parameters, "
+            "prepare: the model has no parameters; the LLC is defined over a model's parameters, "
             "so pass a model with at least one nn.Parameter."
         )
     masks: dict[str, torch.Tensor] = {}
@@ -186,7 +186,7 @@ def select_parameters(model: nn.Module, params: ParamSelection) -> ParamLayout:
         unknown = sorted(set(params) - set(all_names))
         if unknown:
             raise ValueError(
-                f"estimate_llc: params names {unknown} that the model does not have; "
+                f"prepare: params names {unknown} that the model does not have; "
                 f"its parameters are {all_names}."
             )
         chosen = []
@@ -205,21 +205,19 @@ def select_parameters(model: nn.Module, params: ParamSelection) -> ParamLayout:
         for pattern in patterns:
             if not isinstance(pattern, str):
                 raise ValueError(
-                    f"estimate_llc: params must hold names or patterns (str); got {type(pattern).__name__}. "
+                    f"prepare: params must hold names or patterns (str); got {type(pattern).__name__}. "
                     "Pass element masks as a {name: bool tensor} mapping."
                 )
             hits = [n for n in all_names if _matches(n, pattern)]
             if not hits:
                 raise ValueError(
-                    f"estimate_llc: params pattern {pattern!r} matches no parameter; "
+                    f"prepare: params pattern {pattern!r} matches no parameter; "
                     f"the model's parameters are {all_names}."
                 )
             hit.update(hits)
         chosen = [n for n in all_names if n in hit]
     if not chosen:
-        raise ValueError(
-            f"estimate_llc: params selects no parameter; the model's parameters are {all_names}."
-        )
+        raise ValueError(f"prepare: params selects no parameter; the model's parameters are {all_names}.")
     digest = hashlib.sha1()
     for n in chosen:
         if n in masks:
@@ -295,12 +293,12 @@ class Objective:
     ) -> None:
         if loss_fn is not None and unpack_fn is not None:
             raise ValueError(
-                "estimate_llc: loss_fn(model, batch) receives the whole batch, so unpack_fn is not used with it; "
+                "prepare: loss_fn(model, batch) receives the whole batch, so unpack_fn is not used with it; "
                 "pass one of the two."
             )
         for name, fn in (("criterion_fn", criterion_fn), ("unpack_fn", unpack_fn), ("loss_fn", loss_fn)):
             if fn is not None and not callable(fn):
-                raise ValueError(f"estimate_llc: {name} must be callable; got {type(fn).__name__}.")
+                raise ValueError(f"prepare: {name} must be callable; got {type(fn).__name__}.")
         self.criterion_fn = criterion_fn if criterion_fn is not None else torch.nn.functional.cross_entropy
         self.loss_fn = loss_fn
         self.unpack = _whole_batch if loss_fn is not None else (unpack_fn or default_unpack)
@@ -319,7 +317,7 @@ class Objective:
             losses, mask = out if isinstance(out, tuple | list) else (out, None)
             if not isinstance(losses, torch.Tensor) or losses.dim() not in (1, 2):
                 raise ValueError(
-                    f"estimate_llc: loss_fn must return per-sample losses [batch] or per-token losses "
+                    f"prepare: loss_fn must return per-sample losses [batch] or per-token losses "
                     f"[batch, tokens] (optionally with a mask of that shape); got {_describe(losses)}."
                 )
             weights = torch.ones_like(losses) if mask is None else mask.to(losses.dtype)
@@ -329,7 +327,7 @@ class Objective:
             losses = torch.vmap(lambda o, t: self.criterion_fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, y)
         except Exception as exc:
             raise ValueError(
-                f"estimate_llc: per-sample losses need criterion_fn to work on one sample at a time, and it "
+                f"prepare: per-sample losses need criterion_fn to work on one sample at a time, and it "
                 f"failed ({type(exc).__name__}: {exc}); pass loss_fn(model, batch) returning per-sample losses."
             ) from exc
         counted = self._counted(y, losses)
@@ -369,7 +367,7 @@ class Objective:
                 raise
             except Exception as exc:
                 raise ValueError(
-                    f"estimate_llc: loss_fn failed on the first batch ({_describe(x)}): {type(exc).__name__}: "
+                    f"prepare: loss_fn failed on the first batch ({_describe(x)}): {type(exc).__name__}: "
                     f"{exc}. It receives (model, batch) and must return per-sample losses [batch] or per-token "
                     "losses [batch, tokens] (optionally with their mask)."
                 ) from exc
@@ -378,7 +376,7 @@ class Objective:
             outputs = call(x)
         except Exception as exc:
             raise ValueError(
-                f"estimate_llc: the model failed on the inputs unpacked from the first batch ({_describe(x)}): "
+                f"prepare: the model failed on the inputs unpacked from the first batch ({_describe(x)}): "
                 f"{type(exc).__name__}: {exc}. Check unpack_fn: it must return (inputs, targets); inputs that "
                 "are a dict are passed to the model as keyword arguments."
             ) from exc
@@ -390,7 +388,7 @@ class Objective:
         except Exception as exc:
             lm = isinstance(unwrapped, torch.Tensor) and unwrapped.dim() == 3
             raise ValueError(
-                f"estimate_llc: criterion_fn failed on outputs ({_describe(unwrapped)}) and targets ({_describe(y)}): "
+                f"prepare: criterion_fn failed on outputs ({_describe(unwrapped)}) and targets ({_describe(y)}): "
                 f"{type(exc).__name__}: {exc}. Pass targets that fit the criterion (e.g. class indices of shape "
                 "[batch] for F.cross_entropy, or float targets of the outputs' shape for F.mse_loss), or a "
                 "criterion_fn that fits the targets"
@@ -403,7 +401,7 @@ class Objective:
             ) from exc
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
             raise ValueError(
-                f"estimate_llc: criterion_fn must return a scalar mean loss, got {_describe(loss)}; use "
+                f"prepare: criterion_fn must return a scalar mean loss, got {_describe(loss)}; use "
                 "reduction='mean' (the default of torch.nn.functional losses) or reduce it yourself, or pass "
                 "loss_fn(model, batch) returning per-sample losses."
             )
@@ -444,7 +442,7 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     found = {p.dtype for p in model.parameters() if p.is_floating_point()}
     if len(found) > 1:
         raise ValueError(
-            f"estimate_llc: dtype='model' needs one dtype for all floating parameters; this model mixes "
+            f"prepare: dtype='model' needs one dtype for all floating parameters; this model mixes "
             f"{sorted(str(d) for d in found)}. Cast it (model.to(torch.bfloat16)) or pass dtype='float32'."
         )
     return found.pop() if found else torch.float32
@@ -476,7 +474,7 @@ def vmappable_attention(module: nn.Module) -> str | None:
             config._attn_implementation = "eager"
     except Exception as exc:  # a model that cannot switch keeps its kernel: slower, still correct
         warnings.warn(
-            f"estimate_llc: could not switch the model's copy from {current!r} to eager attention ({exc}); "
+            f"prepare: could not switch the model's copy from {current!r} to eager attention ({exc}); "
             "vmapped chains may run one by one. Build the model with attn_implementation='eager'.",
             RuntimeWarning,
             stacklevel=3,
@@ -531,7 +529,7 @@ class FunctionalModel:
         #: Losses are returned in this dtype (float32 at least, also for a bfloat16 model).
         self.loss_dtype = torch.promote_types(self.param_dtype, torch.float32)
         if model_mode not in ("eval", "train"):
-            raise ValueError(f"estimate_llc: model_mode must be 'eval' or 'train'; got {model_mode!r}.")
+            raise ValueError(f"prepare: model_mode must be 'eval' or 'train'; got {model_mode!r}.")
         self.objective = objective if isinstance(objective, Objective) else Objective(criterion_fn=objective)
         self.device = torch.device(device)
         self.model_mode = model_mode

@@ -88,7 +88,7 @@ def _loader_advice(loader, devices: list[torch.device]) -> None:
         tips.append("persistent_workers=True")
     if tips:
         warnings.warn(
-            f"estimate_llc: the loader is iterated for every chain batch; on CUDA set {', '.join(tips)} "
+            f"prepare: the loader is iterated for every chain batch; on CUDA set {', '.join(tips)} "
             "to keep the device fed.",
             UserWarning,
             stacklevel=4,
@@ -161,13 +161,11 @@ class Problem:
             return config.nbeta
         if self.n is None:
             raise ValueError(
-                "estimate_llc: nbeta=None needs the data set size from len(loader.dataset), which this loader "
+                "sample: nbeta=None needs the data set size from len(loader.dataset), which this loader "
                 "does not have; pass nbeta=nbeta_from_effective_size(n) with your n."
             )
         if self.n < 2:
-            raise ValueError(
-                f"estimate_llc: the data set has {self.n} sample(s); nβ = n / log n needs n >= 2."
-            )
+            raise ValueError(f"sample: the data set has {self.n} sample(s); nβ = n / log n needs n >= 2.")
         return nbeta_from_effective_size(self.n)
 
     def check(self, config: LLCConfig) -> None:
@@ -371,9 +369,9 @@ def prepare(
     if not isinstance(config, LLCConfig):
         raise TypeError(f"prepare: config must be an LLCConfig; got {type(config).__name__}.")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"estimate_llc: model must be a torch.nn.Module; got {type(model).__name__}.")
+        raise TypeError(f"prepare: model must be a torch.nn.Module; got {type(model).__name__}.")
     if compile not in (True, False, "auto"):
-        raise ValueError(f"estimate_llc: compile must be True, False or 'auto'; got {compile!r}.")
+        raise ValueError(f"prepare: compile must be True, False or 'auto'; got {compile!r}.")
     objective = Objective(criterion_fn, unpack_fn, loss_fn)
     dev_list = resolve_devices(devices)
     layout = select_parameters(model, params)
@@ -393,7 +391,7 @@ def prepare(
         init_loss = anchor_pass(main, obs_feed, False).init_loss
     if not math.isfinite(init_loss):
         raise ValueError(
-            f"estimate_llc: the loss at w* is {init_loss}; the model must have a finite loss on the data."
+            f"prepare: the loss at w* is {init_loss}; the model must have a finite loss on the data."
         )
     evaluation_sets = None
     if evaluation is not None:
@@ -503,7 +501,7 @@ def run_chains(
         (:class:`lambdahat.chains.StepNoise`; the step check of :mod:`lambdahat.accuracy`).
     """
     if not isinstance(config, LLCConfig):
-        raise TypeError(f"sample: config must be an LLCConfig; got {type(config).__name__}.")
+        raise TypeError(f"run_chains: config must be an LLCConfig; got {type(config).__name__}.")
     if config.learning_rate == "auto":
         raise ValueError(
             "run_chains: learning_rate='auto' is chosen by lambdahat.sample or lambdahat.calibrate; pass a number."
@@ -515,10 +513,8 @@ def run_chains(
         and not auto_batch
         and (isinstance(chain_batch, bool) or not isinstance(chain_batch, int) or chain_batch < 1)
     ):
-        raise ValueError(
-            f"estimate_llc: chain_batch must be an int >= 1, 'auto' or None; got {chain_batch!r}."
-        )
-    seed = resolve_seed(seed)
+        raise ValueError(f"run_chains: chain_batch must be an int >= 1, 'auto' or None; got {chain_batch!r}.")
+    seed = resolve_seed(seed, "run_chains")
     nbeta = problem.nbeta(config)
     sampler = config.build_sampler()
     memory_plan = None

@@ -246,7 +246,7 @@ class LLCResult:
         )
         if warn:
             for note in verdict.advice:
-                warnings.warn(f"estimate_llc: {note}", RuntimeWarning, stacklevel=_caller_level())
+                warnings.warn(f"lambdahat: {note}", RuntimeWarning, stacklevel=_caller_level())
         return cls(
             llcs=llcs.float(),
             losses=losses.float(),
@@ -300,7 +300,7 @@ class LLCResult:
         )
         if warn:
             for note in verdict.advice:
-                warnings.warn(f"estimate_llc: {note}", RuntimeWarning, stacklevel=_caller_level())
+                warnings.warn(f"lambdahat: {note}", RuntimeWarning, stacklevel=_caller_level())
         return dataclasses.replace(
             self,
             settings=dict(settings),

@@ -48,13 +48,13 @@ NOISE_STREAM = 0
 START_STREAM = 1
 
 
-def resolve_seed(seed: int | None) -> int:
+def resolve_seed(seed: int | None, who: str = "sample") -> int:
     """The master seed: ``seed`` itself, or a fresh one from the OS when ``None`` (recorded in the result so that
-    the run can be repeated)."""
+    the run can be repeated); ``who`` names the caller in the error."""
     if seed is None:
         return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"estimate_llc: seed must be a non-negative int or None; got {seed!r}.")
+        raise ValueError(f"{who}: seed must be a non-negative int or None; got {seed!r}.")
     return int(seed)
 
 

@@ -291,7 +291,7 @@ def susceptibilities(
     check_run_options(executor, address, devices, ray_resources, max_retries)
     if seed is None and resume and not overwrite:
         seed = stored_seed(out_dir)
-    seed = resolve_seed(seed)  # one seed for every row
+    seed = resolve_seed(seed, "susceptibilities")  # one seed for every row
     probe_batches = list(fixed_order(probes, "probe"))
     rows = {**components, **({FULL: None} if full else {})}
     names = list(rows)

@@ -228,7 +228,7 @@ def run_validation(
     check_run_options(executor, address, devices, ray_resources, max_retries)
     if seed is None and resume and not overwrite:
         seed = stored_seed(out_dir)
-    seed = resolve_seed(seed)
+    seed = resolve_seed(seed, "run_validation")
     cases = truth.default_cases(quick=quick) if cases is None else list(cases)
     settings = SETTINGS if settings is None else settings
     names = [c.name for c in cases]

@@ -265,7 +265,7 @@ def llc_over_checkpoints(
     select_parameters(model, params)  # a bad selection fails here, not at every checkpoint
     if seed is None and resume and not overwrite:
         seed = stored_seed(out_dir)
-    seed = resolve_seed(seed)
+    seed = resolve_seed(seed, "llc_over_checkpoints")
     sources = [c if isinstance(c, Mapping) else str(Path(c).absolute()) for c in checkpoints]
     points = [
         {"checkpoint": label, "path": None if isinstance(src, Mapping) else src, "index": i}

@@ -464,7 +464,7 @@ class LLCGridSearch:
             nbeta_default = nbeta_from_effective_size(n)
         if seed is None and resume and not overwrite:
             seed = stored_seed(out_dir)
-        seed = resolve_seed(seed)
+        seed = resolve_seed(seed, "run_grid_search")
         points = [dict(zip(AXES, point)) for point in cfg.points(nbeta_default)]
         options = {
             "criterion_fn": criterion_fn,
