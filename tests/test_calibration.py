@@ -245,3 +245,16 @@ def test_the_search_grows_a_step_with_room_and_stops_below_a_failure():
     assert following_step([r(1e-5, 0.01), r(3e-5, 0.2)], 0.05) is None
     assert following_step([r(1e-3, 0.14)], 0.05) == pytest.approx(1e-3 * 0.7 * 0.05 / 0.14)
     assert following_step([r(1e-3, math.inf, diverged=3)], 0.05) == pytest.approx(1e-4)
+
+
+def test_calibrate_passes_compile_to_prepare():
+    """``calibrate`` prepares with the caller's ``compile`` (it used to force ``compile=False``)."""
+    case = truth.regular_case(4, n=200)
+    with pytest.raises(ValueError, match="^prepare: compile must be True, False or 'auto'"):
+        calibrate(
+            case.model,
+            case.loader(50),
+            LLCConfig(draws=10, chains=2),
+            criterion_fn=case.criterion_fn,
+            compile="sometimes",
+        )

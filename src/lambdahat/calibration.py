@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .accuracy import AccuracyCheck, check_accuracy, with_accuracy
+from .accuracy import CHECK_RUNS, AccuracyCheck, check_accuracy, with_accuracy
 from .config import LLCConfig
 from .functional import FunctionalModel
 from .problem import Problem, prepare, run_chains
@@ -652,6 +652,7 @@ def calibrate(
     show_progress: bool = False,
     params=None,
     chain_batch: int | None = None,
+    compile: bool | str = "auto",
 ) -> Calibration:
     """Choose the step size ε of ``estimator`` by its measured step bias (:func:`calibrate_problem`).
 
@@ -661,8 +662,9 @@ def calibrate(
 
     Parameters
     ----------
-    model, loader, criterion_fn, unpack_fn, loss_fn, devices, params:
-        As in :meth:`LLCEstimator.estimate_llc <lambdahat.LLCEstimator.estimate_llc>`.
+    model, loader, criterion_fn, unpack_fn, loss_fn, devices, params, compile:
+        As in :meth:`LLCEstimator.estimate_llc <lambdahat.LLCEstimator.estimate_llc>` (``compile="auto"`` weighs
+        the search's budget and checks as planned runs, :mod:`lambdahat.plan`).
     estimator:
         The estimator of the main run: an ``LLCEstimator``, an ``LLCConfig`` or ``None`` (the defaults). Its
         ``learning_rate`` is not used (it may be ``"auto"``).
@@ -696,8 +698,9 @@ def calibrate(
         loss_fn=loss_fn,
         devices=devices,
         params=params,
-        compile=False,
+        compile=compile,
     )
+    planned = BUDGET_RUNS + sum(CHECK_RUNS[name] for name in config.accuracy_checks() if name != "step")
     return calibrate_problem(
         problem,
         config,
@@ -707,4 +710,5 @@ def calibrate(
         max_step_bias=max_step_bias,
         budget=budget,
         budget_seconds=budget_seconds,
+        planned_runs=math.ceil(planned),
     )
