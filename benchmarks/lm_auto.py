@@ -7,7 +7,8 @@ trained with AdamW on random tokens repeated with a period of 4-12 (:mod:`lambda
 ``LLCEstimator(draws, chains=4, burnin_steps, learning_rate="auto", localization).run(...)`` with
 ``loss_fn=lambdahat.lm.next_token_loss``.
 
-Run: ``python benchmarks/lm_auto.py [--localization 20,100] [--burnin 200,auto] [--draws 200] [--threads 1]``.
+Run: ``python benchmarks/lm_auto.py [--localization 20,100] [--burnin 200,auto] [--draws 200] [--threads 1]``
+(``--train-steps 5 --draws 4 --burnin 4`` is the smoke run of tests/test_benchmark_scripts.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ def trained_gpt2(steps: int = 600, seed: int = 0):
     torch.manual_seed(seed)
     data = toy.ToyParams(vocab=48, n_ctx=24, min_period=4, max_period=12)
     config = transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, n_positions=data.n_ctx, vocab_size=data.vocab, bos_token_id=0, eos_token_id=0
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        n_positions=data.n_ctx,
+        vocab_size=data.vocab,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     model = transformers.GPT2LMHeadModel(config)
     generator = torch.Generator().manual_seed(seed)
@@ -49,18 +56,29 @@ def trained_gpt2(steps: int = 600, seed: int = 0):
     return model, loader, final
 
 
+def _percent(check) -> str:
+    if check is None or check["bias"] is None:
+        return "—"
+    return f"{100 * check['bias']:+.1f} % ± {100 * check['bias_stderr']:.1f} %"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--localization", default="20,100")
     parser.add_argument("--burnin", default="200,auto")
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--train-steps", type=int, default=600, help="AdamW steps (a handful for a smoke run)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    model, loader, loss = trained_gpt2()
+    model, loader, loss = trained_gpt2(args.train_steps)
     nbeta = lambdahat.lm.nbeta_for_tokens(loader)
-    print(f"GPT-2 {sum(p.numel() for p in model.parameters()):,} parameters, loss {loss:.2f}, nβ {float(nbeta):.0f}")
+    print(
+        f"GPT-2 {sum(p.numel() for p in model.parameters()):,} parameters, loss {loss:.2f}, nβ {float(nbeta):.0f}"
+    )
     print("| γ | burn-in | ε chosen | step bias | localization | start gap | λ̂ ± se | status | time | load |")
     print("|---:|---|---:|---:|---:|---:|---:|---|---:|---|")
     for gamma in (float(g) for g in args.localization.split(",")):
@@ -75,19 +93,20 @@ def main() -> None:
                 localization=gamma,
                 nbeta=float(nbeta),
             )
-            result = estimator.run(model, loader, loss_fn=lambdahat.lm.next_token_loss, seed=0, show_progress=False)
+            result = estimator.run(
+                model, loader, loss_fn=lambdahat.lm.next_token_loss, seed=0, show_progress=False
+            )
             seconds = time.perf_counter() - started
             checks = result.settings["accuracy"]
 
-            def pct(name: str) -> str:
-                c = checks.get(name)
-                return "—" if c is None else f"{100 * c['bias']:+.1f} % ± {100 * c['bias_stderr']:.1f} %"
-
             search = result.settings.get("burnin_search")
             chosen = f"{result.settings['burnin_steps']}" + (f" (tried {search['tried']})" if search else "")
+            step, localization, start = (
+                _percent(checks.get(name)) for name in ("step", "localization", "start")
+            )
             print(
-                f"| {gamma:g} | {chosen} | {result.learning_rate:.2g} | {pct('step')} | {pct('localization')} | "
-                f"{pct('start')} | {result.llc_mean:.0f} ± {result.llc_stderr:.0f} | {result.status_line} | "
+                f"| {gamma:g} | {chosen} | {result.learning_rate:.2g} | {step} | {localization} | {start} |"
+                f" {result.llc_mean:.0f} ± {result.llc_stderr:.0f} | {result.status_line} | "
                 f"{seconds:.0f} s | {before} → {loadavg()} |",
                 flush=True,
             )

@@ -65,3 +65,12 @@ def test_first_call_one_workload(tmp_path):
     floor, estimator, ratio = (float(v) for v in rows[0].split("|")[2:5])
     # the ratio of the unrounded times against the ratio of the two printed (rounded) ones
     assert floor > 0 and estimator > 0 and ratio == pytest.approx(estimator / floor, rel=0.03)
+
+
+@pytest.mark.slow
+def test_lm_auto_smoke(tmp_path):
+    pytest.importorskip("transformers")
+    args = ["--train-steps", "5", "--draws", "4", "--burnin", "4", "--localization", "100"]
+    proc = _run([str(BENCH / "lm_auto.py"), *args], tmp_path)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 100 |")]
+    assert len(rows) == 1 and " s |" in rows[0], proc.stdout
