@@ -104,3 +104,33 @@ def test_validate_compile_takes_auto_true_or_false(monkeypatch):
         assert seen[-1] == expected
     bad = CliRunner().invoke(app, ["validate", "--compile", "sometimes"])
     assert bad.exit_code != 0 and "auto, true or false" in bad.output
+
+
+def test_validate_burnin_steps_takes_a_number_or_auto(monkeypatch):
+    import lambdahat.validation as validation
+
+    seen = []
+    monkeypatch.setattr(
+        validation, "run_validation", lambda **kw: seen.append(kw["burnin_steps"]) or pd.DataFrame()
+    )
+    monkeypatch.setattr(validation, "format_table", lambda df: "")
+    for flag, expected in ((None, None), ("auto", "auto"), ("300", 300)):
+        args = ["validate", "--quick"] + ([] if flag is None else ["--burnin-steps", flag])
+        assert CliRunner().invoke(app, args).exit_code == 0
+        assert seen[-1] == expected
+    bad = CliRunner().invoke(app, ["validate", "--burnin-steps", "long"])
+    assert bad.exit_code == 2 and "whole number or auto" in bad.output
+
+
+@pytest.mark.slow
+def test_validation_with_an_automatic_burnin_records_the_one_chosen():
+    from lambdahat.validation import run_validation
+
+    case = truth.regular_case(4, n=1000)
+    settings = {case.name: CaseSettings(1e-3, 10.0, draws=50, chains=4, batch_size=1000)}
+    df = run_validation(cases=[case], settings=settings, checks="none", burnin_steps="auto")
+    row = df.iloc[0]
+    assert row["status"] != "failed", row["error"]
+    assert int(row["burnin_steps"]) >= 100 and int(row["burnin_steps"]) % 100 == 0  # 100 · 2^k
+    fixed = run_validation(cases=[case], settings=settings, checks="none")
+    assert int(fixed.iloc[0]["burnin_steps"]) == 500  # the case's own setting

@@ -36,6 +36,12 @@ def validate(
         help="Instead of the small cases, rotated deep linear networks of these sizes (comma list of 1e3, 1e4, "
         "1e5), with learning_rate='auto' and the accuracy checks; each row gives its time.",
     ),
+    burnin_steps: str | None = typer.Option(
+        None,
+        "--burnin-steps",
+        metavar="INT|auto",
+        help="Every case's burn-in instead of its own; auto: run until the chains have relaxed.",
+    ),
 ) -> None:
     """Estimate λ̂ on models with known learning coefficients and print the table.
 
@@ -49,6 +55,14 @@ def validate(
     if compile.lower() not in choices:
         raise typer.BadParameter(f"expected auto, true or false; got {compile!r}.", param_hint="--compile")
     compile = choices[compile.lower()]
+    burnin: int | str | None = None
+    if burnin_steps is not None:
+        text = burnin_steps.strip().lower()
+        if text != "auto" and not text.isdigit():
+            raise typer.BadParameter(
+                f"expected a whole number or auto; got {burnin_steps!r}.", param_hint="--burnin-steps"
+            )
+        burnin = "auto" if text == "auto" else int(text)
     if scale is not None:
         from .truth import scale_cases
 
@@ -56,9 +70,16 @@ def validate(
             cases = scale_cases([size.strip() for size in scale.split(",") if size.strip()])
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--scale") from None
-        df = run_validation(seed=seed, compile=compile, calibrate=True, cases=cases, settings=SCALE_SETTINGS)
+        df = run_validation(
+            seed=seed,
+            compile=compile,
+            calibrate=True,
+            cases=cases,
+            settings=SCALE_SETTINGS,
+            burnin_steps=burnin,
+        )
     else:
-        df = run_validation(quick=quick, seed=seed, compile=compile, calibrate=calibrate)
+        df = run_validation(quick=quick, seed=seed, compile=compile, calibrate=calibrate, burnin_steps=burnin)
     typer.echo(format_table(df))
     if csv:
         df.to_csv(csv, index=False)

@@ -122,6 +122,7 @@ TABLE_COLUMNS = (
     "ess",
     "n_diverged",
     "learning_rate",
+    "burnin_steps",
     "localization",
     "nbeta",
     "wall_seconds",
@@ -131,7 +132,7 @@ TABLE_COLUMNS = (
     "attempts",
 )
 #: Columns of a case's row in the sweep that only the case's run knows (the step size calibration chose).
-_RUN_COLUMNS = (("learning_rate", "float"),)
+_RUN_COLUMNS = (("learning_rate", "float"), ("burnin_steps", "int"))
 
 
 def reference_value(case: truth.TruthCase, settings: CaseSettings, nbeta: float) -> tuple[float, str]:
@@ -155,7 +156,11 @@ def _case_point(shared: Mapping[str, Any], task: Mapping[str, Any]) -> dict[str,
             result = estimate(problem, config, options)
         except CalibrationError as exc:  # the same pilots would fail again: recorded, not retried
             raise PointError(f"calibration found no step: {str(exc).splitlines()[0]}") from exc
-    return {**result_row(result), "learning_rate": float(result.learning_rate)}
+    return {
+        **result_row(result),
+        "learning_rate": float(result.learning_rate),
+        "burnin_steps": int(result.settings["burnin_steps"]),
+    }
 
 
 def _task(point: dict[str, Any]) -> dict[str, Any]:
@@ -181,6 +186,7 @@ def run_validation(
     cases: Sequence[truth.TruthCase] | None = None,
     settings: Mapping[str, CaseSettings] | None = None,
     checks: str = "all",
+    burnin_steps: int | str | None = None,
 ) -> pd.DataFrame:
     """Estimate λ̂ on every validation case and tabulate it against the truth.
 
@@ -210,13 +216,16 @@ def run_validation(
     checks:
         The accuracy checks of every case (``LLCConfig.checks``; default ``"all"``: the verdicts then rest on the
         measured step, localization and relaxation biases, not on proxies).
+    burnin_steps:
+        Every case's burn-in instead of its settings' (``"auto"``: run until relaxed, :mod:`lambdahat.relaxation`).
 
     Returns
     -------
     pandas.DataFrame
         One row per case (``TABLE_COLUMNS``): ``case, d, true_lambda, reference, reference_kind, llc_mean,
         llc_stderr, rel_error`` (against λ), ``z`` (``(λ̂ − reference) / stderr``), ``mala_acceptance, rhat, ess,
-        n_diverged, learning_rate`` (the one used), ``localization, nbeta, wall_seconds``, then ``status`` (the
+        n_diverged, learning_rate, burnin_steps`` (the ones used), ``localization, nbeta, wall_seconds``, then
+        ``status`` (the
         trust policy's verdict, or ``"failed"`` for a case that raised, e.g. whose calibration found no step),
         ``error, warnings, attempts``. ``df.attrs["failures"]`` lists the failed cases with their errors.
 
@@ -241,6 +250,8 @@ def run_validation(
     configs = {
         c.name: settings[c.name].config(nbetas[c.name], calibrate).replace(checks=checks) for c in cases
     }
+    if burnin_steps is not None:
+        configs = {name: config.replace(burnin_steps=burnin_steps) for name, config in configs.items()}
     options = {"devices": devices, "compile": compile, "seed": seed, "chain_batch": None}
     points = [
         {
@@ -335,6 +346,7 @@ def _validation_table(
                 "ess": float(r["ess"]),
                 "n_diverged": r["n_diverged"],
                 "learning_rate": float(used),
+                "burnin_steps": _burnin_used(r.get("burnin_steps"), config),
                 "localization": config.localization,
                 "nbeta": config.nbeta,
                 "wall_seconds": float(r["wall_seconds"]),
@@ -347,8 +359,20 @@ def _validation_table(
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     df["n_diverged"] = df["n_diverged"].astype("Int64")
     df["attempts"] = df["attempts"].astype("Int64")
+    df["burnin_steps"] = df["burnin_steps"].astype("Int64")
     df.attrs["failures"] = [f"{r.case}: {r.error}" for r in df.itertuples() if r.status == "failed"]
     return df
+
+
+def _burnin_used(recorded: Any, config: LLCConfig) -> Any:
+    """The burn-in a case ran (the chosen one with ``burnin_steps="auto"``; missing for a failed case)."""
+    if (
+        recorded is not None
+        and not (isinstance(recorded, float) and math.isnan(recorded))
+        and recorded is not pd.NA
+    ):
+        return int(recorded)
+    return pd.NA if config.burnin_steps == "auto" else config.burnin_steps
 
 
 def format_table(df: pd.DataFrame) -> str:
