@@ -74,3 +74,11 @@ def test_lm_auto_smoke(tmp_path):
     proc = _run([str(BENCH / "lm_auto.py"), *args], tmp_path)
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 100 |")]
     assert len(rows) == 1 and " s |" in rows[0], proc.stdout
+
+
+@pytest.mark.slow
+def test_scale_probe_smoke(tmp_path):
+    args = ["--n", "2000", "--draws", "4", "--burnin", "auto", "--max-burnin", "100", "--steps-bw-draws", "1"]
+    proc = _run([str(BENCH / "scale_probe.py"), *args, "--chains", "2"], tmp_path)
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| dln_16-16-16-16-16_r3_rot |")]
+    assert len(rows) == 1 and "(auto, tried [100])" in rows[0], proc.stdout
