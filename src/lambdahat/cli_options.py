@@ -85,26 +85,24 @@ def option_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _number_or_auto(value: Any) -> float | str:
-    if not isinstance(value, str):
-        return value
-    if value.strip().lower() == "auto":
-        return "auto"
-    try:
-        return float(value)
-    except ValueError:
-        raise typer.BadParameter(f"expected a positive number or 'auto'; got {value!r}.") from None
+def _or_auto(convert: Callable[[str], Any], expected: str) -> Callable[[Any], Any]:
+    """A parser of ``"auto"`` or a value ``convert`` reads (``expected`` names it in the error)."""
+
+    def parse(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return convert(value)
+        except ValueError:
+            raise typer.BadParameter(f"expected {expected} or 'auto'; got {value!r}.") from None
+
+    return parse
 
 
-def _int_or_auto(value: Any) -> int | str:
-    if not isinstance(value, str):
-        return value
-    if value.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise typer.BadParameter(f"expected a whole number or 'auto'; got {value!r}.") from None
+_number_or_auto = _or_auto(float, "a positive number")
+_int_or_auto = _or_auto(int, "a whole number")
 
 
 def _json_mapping(value: Any) -> dict[str, Any]:
