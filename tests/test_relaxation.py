@@ -177,3 +177,21 @@ def test_auto_step_and_auto_burnin_together_keep_both_records():
     assert settings["burnin_steps"] == settings["burnin_search"]["burnin_steps"]
     exact, _ = case.reference(NBETA, 10.0)
     assert abs(result.llc_mean - exact) <= 0.10 * exact  # the 10 % the trust policy aims at
+
+
+def test_a_search_that_stops_unrelaxed_says_so_in_the_guidance():
+    case, _ = _monomial()
+    config = LLCConfig(
+        draws=20,
+        chains=4,
+        burnin_steps="auto",
+        learning_rate=1e-6,
+        localization=10.0,
+        nbeta=NBETA,
+        max_burnin_steps=100,
+    )
+    problem = prepare(case.model, case.loader(N), config, criterion_fn=case.criterion_fn, compile=False)
+    result = sample(problem, config, seed=0, show_progress=False, warn=False)
+    assert not result.settings["burnin_search"]["relaxed"] and result.status == "untrusted"
+    assert any("burnin_steps='auto': not relaxed at the cap of 100" in text for text in result.trust_notes)
+    assert any(reason.startswith("start bias") for reason in result.trust_reasons)

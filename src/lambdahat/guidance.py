@@ -33,7 +33,7 @@ calibration already has:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "MIN_THERMOSTAT_TIME",
     "NBETA_RATIO",
     "advise",
+    "burnin_search_advice",
     "localization_advice",
     "nbeta_advice",
     "relaxation_advice",
@@ -229,4 +230,21 @@ def advise(
     if hessian_top is not None and "localization" not in measured:
         out.append(localization_advice(gamma, nbeta, hessian_top))
     out.append(nbeta_advice(nbeta, n))
+    out.append(burnin_search_advice(settings.get("burnin_search")))
     return [text for text in out if text]
+
+
+def burnin_search_advice(search: Mapping[str, Any] | None) -> str | None:
+    """What ``burnin_steps="auto"`` could not do (its search's reason, :mod:`lambdahat.relaxation`), or None when
+    the chains relaxed or the burn-in was given.
+
+    Examples
+    --------
+    >>> burnin_search_advice({"relaxed": False, "reason": "not relaxed at the cap of 800 burn-in steps"})
+    "burnin_steps='auto': not relaxed at the cap of 800 burn-in steps."
+    >>> burnin_search_advice({"relaxed": True, "reason": "relaxed after 400 burn-in steps"}) is None
+    True
+    """
+    if not search or search.get("relaxed"):
+        return None
+    return f"burnin_steps='auto': {search.get('reason', 'the chains did not relax')}."
