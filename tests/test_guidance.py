@@ -73,6 +73,17 @@ def test_advise_reads_a_result_and_its_calibration():
     assert advise(_result(sampler="rmsprop_sgld"), hessian_top=100.0) == []
 
 
+def test_advise_passes_on_why_an_automatic_search_stopped_short():
+    unaccepted = {"accepted": False, "reason": "no step within the budget had a step bias within 0.05; ..."}
+    texts = advise(_result(burnin_steps=3000, calibration=unaccepted))
+    assert texts == ["learning_rate='auto': no step within the budget had a step bias within 0.05; ..."]
+    search = {"relaxed": False, "reason": "not relaxed at the cap of 800 burn-in steps"}
+    texts = advise(_result(burnin_steps=3000, burnin_search=search))
+    assert texts == ["burnin_steps='auto': not relaxed at the cap of 800 burn-in steps."]
+    accepted = {"accepted": True, "reason": "learning_rate 1e-4: within 0.05"}
+    assert advise(_result(burnin_steps=3000, calibration=accepted, burnin_search={"relaxed": True})) == []
+
+
 def test_thermostat_advice_asks_for_tens_of_sgnht_time_units():
     text = thermostat_advice(1.25e-5, 300)  # 300 √1.25e-5 = 1.06 time units
     assert (

@@ -47,6 +47,7 @@ __all__ = [
     "nbeta_advice",
     "relaxation_advice",
     "relaxations",
+    "step_search_advice",
     "thermostat_advice",
 ]
 
@@ -230,8 +231,25 @@ def advise(
     if hessian_top is not None and "localization" not in measured:
         out.append(localization_advice(gamma, nbeta, hessian_top))
     out.append(nbeta_advice(nbeta, n))
+    out.append(step_search_advice(settings.get("calibration")))
     out.append(burnin_search_advice(settings.get("burnin_search")))
     return [text for text in out if text]
+
+
+def step_search_advice(calibration: Mapping[str, Any] | None) -> str | None:
+    """Why ``learning_rate="auto"`` returned a step it could not accept (its search's reason,
+    :mod:`lambdahat.calibration`), or None when the step was accepted or given.
+
+    Examples
+    --------
+    >>> step_search_advice({"accepted": False, "reason": "no step within the budget had a step bias within 0.05"})
+    "learning_rate='auto': no step within the budget had a step bias within 0.05."
+    >>> step_search_advice({"accepted": True, "reason": "learning_rate 1e-4: ..."}) is None
+    True
+    """
+    if not calibration or calibration.get("accepted", True):
+        return None
+    return _sentence("learning_rate='auto': " + str(calibration.get("reason", "no step was accepted")))
 
 
 def burnin_search_advice(search: Mapping[str, Any] | None) -> str | None:
@@ -247,4 +265,8 @@ def burnin_search_advice(search: Mapping[str, Any] | None) -> str | None:
     """
     if not search or search.get("relaxed"):
         return None
-    return f"burnin_steps='auto': {search.get('reason', 'the chains did not relax')}."
+    return _sentence("burnin_steps='auto': " + str(search.get("reason", "the chains did not relax")))
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith(".") else text + "."
