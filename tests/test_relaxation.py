@@ -120,19 +120,19 @@ def _monomial():
     return case, exact
 
 
+def _sample_auto(case, seed: int, **settings):
+    """``sample`` on ``case`` with ``burnin_steps="auto"``, γ = 10, nβ = n/log n and ``settings``; the problem,
+    config and result."""
+    config = LLCConfig(burnin_steps="auto", localization=10.0, nbeta=NBETA, **settings)
+    problem = prepare(case.model, case.loader(N), config, criterion_fn=case.criterion_fn, compile=False)
+    return problem, config, sample(problem, config, seed=seed, show_progress=False, warn=False)
+
+
 def test_the_chosen_run_is_recorded_and_reproducible():
     case, _ = _monomial()
-    config = LLCConfig(
-        draws=50,
-        chains=4,
-        burnin_steps="auto",
-        learning_rate=5e-4,
-        localization=10.0,
-        nbeta=NBETA,
-        max_burnin_steps=400,
+    problem, config, result = _sample_auto(
+        case, 1, draws=50, chains=4, learning_rate=5e-4, max_burnin_steps=400
     )
-    problem = prepare(case.model, case.loader(N), config, criterion_fn=case.criterion_fn, compile=False)
-    result = sample(problem, config, seed=1, show_progress=False, warn=False)
     search = result.settings["burnin_search"]
     assert search["tried"][0] == MIN_BURNIN and search["tried"][-1] == result.settings["burnin_steps"]
     assert result.settings["checks"] == "auto" and list(result.settings["accuracy"]) == ["start"]
@@ -148,16 +148,11 @@ def test_the_automatic_burnin_closes_on_the_exact_posterior_mean_of_a_singular_p
     closes, and λ̂ then agrees with the exact value. Tolerance: 4 SE + 3 % of λ̂ (the step bias at this ε,
     measured 1-5 % on this potential), the same as the start check's own test."""
     case, exact = _monomial()
-    config = LLCConfig(
-        draws=200, chains=64, burnin_steps="auto", learning_rate=5e-4, localization=10.0, nbeta=NBETA
-    )
-    problem = prepare(case.model, case.loader(N), config, criterion_fn=case.criterion_fn, compile=False)
-    result = sample(problem, config, seed=3, show_progress=False, warn=False)
+    _, _, result = _sample_auto(case, 3, draws=200, chains=64, learning_rate=5e-4)
     search = result.settings["burnin_search"]
     assert search["relaxed"] and len(search["tried"]) > 1, search
-    assert (
-        abs(search["gaps"][0]) + search["gap_stderrs"][0] > MAX_START_GAP
-    )  # the first burn-in was too short
+    first_gap = abs(search["gaps"][0]) + search["gap_stderrs"][0]
+    assert first_gap > MAX_START_GAP  # the first burn-in was too short
     assert abs(result.llc_mean - exact) <= 4 * result.llc_stderr + 0.03 * exact, (result.llc_mean, exact)
     start = result.settings["accuracy"]["start"]
     assert abs(start["bias"]) + start["bias_stderr"] <= MAX_START_GAP
@@ -166,11 +161,7 @@ def test_the_automatic_burnin_closes_on_the_exact_posterior_mean_of_a_singular_p
 @slow
 def test_auto_step_and_auto_burnin_together_keep_both_records():
     case = truth.regular_case(10, n=N)
-    config = LLCConfig(
-        draws=200, chains=4, burnin_steps="auto", learning_rate="auto", localization=10.0, nbeta=NBETA
-    )
-    problem = prepare(case.model, case.loader(N), config, criterion_fn=case.criterion_fn, compile=False)
-    result = sample(problem, config, seed=0, show_progress=False, warn=False)
+    _, _, result = _sample_auto(case, 0, draws=200, chains=4, learning_rate="auto")
     settings = result.settings
     assert settings["learning_rate"] == "auto" and settings["calibration"]["learning_rate"] > 0
     assert set(settings["accuracy"]) == {"step", "localization", "start"}
@@ -181,17 +172,7 @@ def test_auto_step_and_auto_burnin_together_keep_both_records():
 
 def test_a_search_that_stops_unrelaxed_says_so_in_the_guidance():
     case, _ = _monomial()
-    config = LLCConfig(
-        draws=20,
-        chains=4,
-        burnin_steps="auto",
-        learning_rate=1e-6,
-        localization=10.0,
-        nbeta=NBETA,
-        max_burnin_steps=100,
-    )
-    problem = prepare(case.model, case.loader(N), config, criterion_fn=case.criterion_fn, compile=False)
-    result = sample(problem, config, seed=0, show_progress=False, warn=False)
+    _, _, result = _sample_auto(case, 0, draws=20, chains=4, learning_rate=1e-6, max_burnin_steps=100)
     assert not result.settings["burnin_search"]["relaxed"] and result.status == "untrusted"
     assert any("burnin_steps='auto': not relaxed at the cap of 100" in text for text in result.trust_notes)
     assert any(reason.startswith("start bias") for reason in result.trust_reasons)

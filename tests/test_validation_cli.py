@@ -119,7 +119,7 @@ def test_validate_burnin_steps_takes_a_number_or_auto(monkeypatch):
         assert CliRunner().invoke(app, args).exit_code == 0
         assert seen[-1] == expected
     bad = CliRunner().invoke(app, ["validate", "--burnin-steps", "long"])
-    assert bad.exit_code == 2 and "whole number or auto" in bad.output
+    assert bad.exit_code == 2 and "whole number or 'auto'" in bad.output
 
 
 @pytest.mark.slow

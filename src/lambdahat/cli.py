@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from .cli_options import int_or_auto
+
 app = typer.Typer(
     name="lambdahat",
     help="Estimate local learning coefficients (LLC, λ̂) of PyTorch models, and study them on modular addition.",
@@ -36,9 +38,10 @@ def validate(
         help="Instead of the small cases, rotated deep linear networks of these sizes (comma list of 1e3, 1e4, "
         "1e5), with learning_rate='auto' and the accuracy checks; each row gives its time.",
     ),
-    burnin_steps: str | None = typer.Option(
+    burnin_steps: int | None = typer.Option(
         None,
         "--burnin-steps",
+        parser=int_or_auto,
         metavar="INT|auto",
         help="Every case's burn-in instead of its own; auto: run until the chains have relaxed.",
     ),
@@ -55,14 +58,6 @@ def validate(
     if compile.lower() not in choices:
         raise typer.BadParameter(f"expected auto, true or false; got {compile!r}.", param_hint="--compile")
     compile = choices[compile.lower()]
-    burnin: int | str | None = None
-    if burnin_steps is not None:
-        text = burnin_steps.strip().lower()
-        if text != "auto" and not text.isdigit():
-            raise typer.BadParameter(
-                f"expected a whole number or auto; got {burnin_steps!r}.", param_hint="--burnin-steps"
-            )
-        burnin = "auto" if text == "auto" else int(text)
     if scale is not None:
         from .truth import scale_cases
 
@@ -76,10 +71,12 @@ def validate(
             calibrate=True,
             cases=cases,
             settings=SCALE_SETTINGS,
-            burnin_steps=burnin,
+            burnin_steps=burnin_steps,
         )
     else:
-        df = run_validation(quick=quick, seed=seed, compile=compile, calibrate=calibrate, burnin_steps=burnin)
+        df = run_validation(
+            quick=quick, seed=seed, compile=compile, calibrate=calibrate, burnin_steps=burnin_steps
+        )
     typer.echo(format_table(df))
     if csv:
         df.to_csv(csv, index=False)

@@ -29,6 +29,7 @@ from .config import DTYPES, FIELD_HELP, MODEL_MODES, SAMPLER_NAMES, LLCConfig
 __all__ = [
     "Setting",
     "build_config",
+    "int_or_auto",
     "llc_options",
     "llc_settings",
     "option_name",
@@ -102,7 +103,7 @@ def _or_auto(convert: Callable[[str], Any], expected: str) -> Callable[[Any], An
 
 
 _number_or_auto = _or_auto(float, "a positive number")
-_int_or_auto = _or_auto(int, "a whole number")
+int_or_auto = _or_auto(int, "a whole number")
 
 
 def _json_mapping(value: Any) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def _option(setting: Setting, default: Any, decl: str, panel: str | None, hidden
         base = int if kind.startswith("int") else float
         return Annotated[base | None, typer.Option(decl, **common)], default
     if kind == "int | str":
-        option = typer.Option(decl, parser=_int_or_auto, metavar="INT|auto", **common)
+        option = typer.Option(decl, parser=int_or_auto, metavar="INT|auto", **common)
         return Annotated[int | None, option], default
     if kind == "float | str":
         option = typer.Option(decl, parser=_number_or_auto, metavar="FLOAT|auto", **common)

@@ -148,22 +148,25 @@ def _sample_relaxed(problem: Problem, config: LLCConfig, **options: Any) -> LLCR
     """``burnin_steps="auto"``: the burn-in search of :mod:`lambdahat.relaxation`, each attempt the main run and its
     start check (``learning_rate="auto"`` is calibrated once, at the first burn-in, and kept); the config's other
     checks then run on the chosen attempt."""
-    chosen: dict[str, Any] = {}
+    base, calibration = (
+        config,
+        None,
+    )  # with learning_rate="auto": the step once chosen, and its search's record
 
     def attempt(burnin: int) -> LLCResult:
-        cfg = config.replace(burnin_steps=burnin, **chosen.get("learning_rate", {}))
-        result = _sample_at(problem, cfg, ("start",), **options)
-        if config.learning_rate == "auto" and not chosen:
-            chosen["learning_rate"] = {"learning_rate": float(result.learning_rate)}
-            chosen["calibration"] = result.settings.get("calibration")
+        nonlocal base, calibration
+        result = _sample_at(problem, base.replace(burnin_steps=burnin), ("start",), **options)
+        if base.learning_rate == "auto":
+            base = base.replace(learning_rate=float(result.learning_rate))
+            calibration = result.settings.get("calibration")
         return result
 
     result, search = search_burnin(config, attempt)
-    final = config.replace(burnin_steps=search.burnin_steps, **chosen.get("learning_rate", {}))
+    final = base.replace(burnin_steps=search.burnin_steps)
     result = _with_checks(problem, final, result, config.accuracy_checks(), options)
     settings = {**result.settings, "checks": config.checks, "burnin_search": search.summary()}
     if config.learning_rate == "auto":
-        settings.update(learning_rate="auto", calibration=chosen["calibration"])
+        settings.update(learning_rate="auto", calibration=calibration)
     return result.rejudged(settings, warn=False)
 
 

@@ -366,11 +366,7 @@ def _validation_table(
 
 def _burnin_used(recorded: Any, config: LLCConfig) -> Any:
     """The burn-in a case ran (the chosen one with ``burnin_steps="auto"``; missing for a failed case)."""
-    if (
-        recorded is not None
-        and not (isinstance(recorded, float) and math.isnan(recorded))
-        and recorded is not pd.NA
-    ):
+    if pd.notna(recorded):
         return int(recorded)
     return pd.NA if config.burnin_steps == "auto" else config.burnin_steps
 
