@@ -7,7 +7,8 @@ trained with AdamW on random tokens repeated with a period of 4-12 (:mod:`lambda
 ``LLCEstimator(draws, chains=4, burnin_steps, learning_rate="auto", localization).run(...)`` with
 ``loss_fn=lambdahat.lm.next_token_loss``.
 
-Run: ``python benchmarks/lm_auto.py [--localization 20,100] [--burnin 200,auto] [--draws 200] [--threads 1]``
+Run: ``python benchmarks/lm_auto.py [--localization 20,100] [--burnin 200,auto] [--draws 200] [--nbeta 30]
+[--train-steps 600] [--threads 1]`` (``--nbeta`` default: n / log n in tokens; the field's practice is 10-30)
 (``--train-steps 5 --draws 4 --burnin 4`` is the smoke run of tests/test_benchmark_scripts.py).
 """
 
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--localization", default="20,100")
     parser.add_argument("--burnin", default="200,auto")
     parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--nbeta", type=float, default=None, help="nβ (default: n / log n in tokens)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--train-steps", type=int, default=600, help="AdamW steps (a handful for a smoke run)"
@@ -75,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     model, loader, loss = trained_gpt2(args.train_steps)
-    nbeta = lambdahat.lm.nbeta_for_tokens(loader)
+    nbeta = lambdahat.lm.nbeta_for_tokens(loader) if args.nbeta is None else args.nbeta
     print(
         f"GPT-2 {sum(p.numel() for p in model.parameters()):,} parameters, loss {loss:.2f}, nβ {float(nbeta):.0f}"
     )

@@ -17,6 +17,7 @@ from lambdahat.modadd.reproduce import (
     QUICK,
     REPRODUCE_COLUMNS,
     Protocol,
+    _status_counts,
     fit_groups,
     hackathon_params,
     reproduce_p_sweep,
@@ -34,6 +35,7 @@ TINY_PROTOCOL = Protocol(
     step_budget_factor=0.01,
     min_steps_factor=0.0,
     check_every=20,
+    trusted_burnin_steps=5,
 )
 
 
@@ -54,7 +56,13 @@ def test_hackathon_params_follow_the_recipe():
     config = QUICK.config()
     assert (config.burnin_steps, config.restrict_to_orth_grad, config.learning_rate) == (0, True, 1e-3)
     trusted = QUICK.config(trusted=True)
-    assert (trusted.learning_rate, trusted.draws) == (QUICK.trusted_learning_rate, QUICK.trusted_draws)
+    assert (trusted.learning_rate, trusted.burnin_steps, trusted.draws, trusted.checks) == (
+        QUICK.trusted_learning_rate,
+        QUICK.trusted_burnin_steps,
+        QUICK.draws,
+        "step,start",
+    )
+    assert trusted.accuracy_checks() == ("step", "start")
 
 
 @pytest.mark.parametrize(
@@ -64,6 +72,8 @@ def test_hackathon_params_follow_the_recipe():
         (dict(run_ids=(0, 0)), "repeats"),
         (dict(draws=0), "draws"),
         (dict(trusted_learning_rate=-1e-5), "trusted_learning_rate"),
+        (dict(trusted_burnin_steps=-1), "trusted_burnin_steps"),
+        (dict(trusted_checks="steps"), "trusted_checks: LLCConfig: checks must be"),
         (dict(target_test_acc=1.5), "target_test_acc"),
         (dict(min_steps_factor=2.0), "min_steps_factor"),
     ],
@@ -71,6 +81,13 @@ def test_hackathon_params_follow_the_recipe():
 def test_bad_protocols_are_refused(change, match):
     with pytest.raises(ValueError, match=match):
         Protocol(**change)
+
+
+def test_status_counts_name_each_reason_without_its_numbers():
+    statuses = pd.Series(
+        ["untrusted: localization bias -44.4 % ± 1.1 %", "untrusted: R-hat 1.21 > 1.1; ESS 27", "ok"]
+    )
+    assert _status_counts(statuses) == "2 untrusted, 1 ok (localization bias 1, R-hat 1, ESS 1)"
 
 
 def test_train_stops_at_the_criterion_and_the_run_reads_back(tmp_path):
@@ -100,6 +117,9 @@ def test_tiny_reproduction_writes_its_table_and_resumes(tmp_path):
         [11, True],
     ]
     assert df["llc_mean"].notna().all() and df["trusted_llc_mean"].notna().all()
+    # the trusted estimate's checks are recorded per model; the localization check was not asked for
+    assert df["trusted_step_bias"].notna().all() and df["trusted_start_bias"].notna().all()
+    assert df["trusted_localization_bias"].isna().all()
     assert set(df["outcome"]) <= {"generalized", "memorized", "not fitted"}
     for row in df.itertuples():
         run = load_run(row.run_dir)
@@ -167,7 +187,7 @@ def test_the_command_writes_the_reproduction_and_refuses_bad_arguments(tmp_path)
         "--min-steps-factor",
         "0",
     ]
-    result = invoke(*tiny, "--check-every", "20", "--out", tmp_path / "r")
+    result = invoke(*tiny, "--check-every", "20", "--trusted-burnin-steps", "5", "--out", tmp_path / "r")
     assert result.exit_code == 0, result.output
     assert "What agrees and what does not" in result.stdout
     df = pd.read_csv(tmp_path / "r" / "reproduce_p_sweep.csv")
@@ -175,6 +195,8 @@ def test_the_command_writes_the_reproduction_and_refuses_bad_arguments(tmp_path)
     assert (tmp_path / "r" / "llc_vs_p_reproduction.png").stat().st_size > 0
     bad = invoke("--ps", "5,1", "--out", tmp_path / "bad")
     assert bad.exit_code == 2 and "ps" in bad.output and "Traceback" not in bad.output
+    bad = invoke("--trusted-checks", "steps", "--out", tmp_path / "bad")
+    assert bad.exit_code == 2 and "trusted_checks" in bad.output and "Traceback" not in bad.output
 
 
 # -- the shortened reproduction: three small p, one seed ---------------------------------------------------------
@@ -186,8 +208,8 @@ SIGMAS = 5.0
 #: Measured (one seed, 8 chains × 500 steps at ε = 1e-3): generalized after 6500, 7250, 3750 steps with λ̂ 63.7 ± 0.6,
 #: 102.6 ± 1.0, 149.2 ± 1.3 at p = 17, 23, 29; random labels memorized after 250, 750, 3250 steps with λ̂
 #: 107.2 ± 1.6, 220.7 ± 2.6, 380.4 ± 2.3 (26, 42, 87 combined standard errors above; the increases with p are 34 and
-#: 28). About 50 s of CPU (150 s of wall time on the busy 2-core machine).
-SMALL = Protocol(ps=(17, 23, 29), run_ids=(0,), draws=500, chains=8, trusted_draws=50, min_steps_factor=0.0)
+#: 28). About 80 s of wall time on a 2-core machine beside one other job, the trusted estimate included.
+SMALL = Protocol(ps=(17, 23, 29), run_ids=(0,), draws=500, chains=8, trusted_draws=1000, min_steps_factor=0.0)
 
 
 def _gap(a, b):
@@ -233,3 +255,18 @@ def test_llc_of_generalizing_models_increases_with_p(small):
     rows = [_row(small, p, False) for p in SMALL.ps]
     for lo, hi in itertools.pairwise(rows):
         assert _gap(hi, lo) > SIGMAS, table
+
+
+@pytest.mark.slow
+def test_trusted_estimates_settle(small):
+    """The trusted estimate (ε = 5e-4 after 1,000 burn-in steps, chosen on p = 23 and 53) passes its step and start
+    checks (the policy's 10 %, |b| + SE) on each model, p = 17 and 29 included, which had no part in choosing it,
+    and at least 80 % of the verdicts are ``ok`` (the issue's target; the full quick protocol measured 24 of 24,
+    benchmarks/RESULTS.md). Measured here: 5 of 6, the p = 17 model (stopped just after its criterion) at ESS 78;
+    with 200 draws instead of 1,000, R-hat 1.1-1.2 and ESS 29-71 on most."""
+    table = small[["p", "use_random_dataset", "trusted_llc_mean", "trusted_step_bias", "trusted_start_bias"]]
+    statuses = small["trusted_status"].tolist()
+    assert not any("step bias" in s or "start bias" in s for s in statuses), (statuses, table.to_string())
+    assert (small[["trusted_step_bias", "trusted_start_bias"]].abs() < 0.10).all().all(), table.to_string()
+    assert (small["trusted_status"] == "ok").mean() >= 0.8, (statuses, table.to_string())
+    assert small["trusted_localization_bias"].isna().all()

@@ -547,8 +547,9 @@ def register(app: typer.Typer) -> None:
         preset: Annotated[
             Preset,
             typer.Option(
-                help="quick: 2 seeds, 1,000 SGLD steps at ε = 1e-3 and 200 at ε = 1e-5; full: the hackathon's "
-                "protocol (5 seeds, 5,000 SGLD steps). Both train every model the recipe's steps."
+                help="quick: 2 seeds, 1,000 SGLD steps at ε = 1e-3 and 1,000 + 1,000 at ε = 5e-4 with the step "
+                "and start checks; full: the hackathon's protocol (5 seeds, 5,000 SGLD steps). Both train every "
+                "model the recipe's steps."
             ),
         ] = Preset.quick,
         ps: Annotated[
@@ -567,6 +568,20 @@ def register(app: typer.Typer) -> None:
         trusted_learning_rate: Annotated[
             float | None,
             typer.Option(min=0.0, help="The smaller ε (default: the preset's).", rich_help_panel=_LLC),
+        ] = None,
+        trusted_burnin_steps: Annotated[
+            int | None,
+            typer.Option(
+                min=0, help="Burn-in steps at the smaller ε (default: the preset's).", rich_help_panel=_LLC
+            ),
+        ] = None,
+        trusted_checks: Annotated[
+            str | None,
+            typer.Option(
+                help="Accuracy checks at the smaller ε: all, none or a comma list of step, localization, start "
+                "(default: step,start).",
+                rich_help_panel=_LLC,
+            ),
         ] = None,
         step_budget_factor: Annotated[
             float | None,
@@ -598,7 +613,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Reproduce the hackathon's λ̂ against p (REFERENCE.md §3) side by side with its numbers.
 
-        Trains the hackathon's untied GELU MLPs (embed 8, hidden 32; true and random labels) to a stated criterion, estimates λ̂ at the hackathon's ε = 1e-3 and at a smaller ε with MALA acceptance >= 0.9, and writes OUT/reproduce_p_sweep.csv (one row per model), summary.csv, fits.csv (linear against quadratic in p, with residuals), llc_vs_p_reproduction.png and summary.md (what agrees and what does not). Resumable: finished models are stored in OUT/llc at once.
+        Trains the hackathon's untied GELU MLPs (embed 8, hidden 32; true and random labels) to a stated criterion, estimates λ̂ at the hackathon's ε = 1e-3 and at a smaller ε with a burn-in and the accuracy checks (step and start), and writes OUT/reproduce_p_sweep.csv (one row per model), summary.csv, fits.csv (linear against quadratic in p, with residuals), llc_vs_p_reproduction.png and summary.md (what agrees and what does not). Resumable: finished models are stored in OUT/llc at once.
         """
         from lambdahat.modadd.reproduce import FULL, QUICK, reproduce_p_sweep, write_reproduction
 
@@ -612,6 +627,8 @@ def register(app: typer.Typer) -> None:
             "draws": draws,
             "chains": chains,
             "trusted_learning_rate": trusted_learning_rate,
+            "trusted_burnin_steps": trusted_burnin_steps,
+            "trusted_checks": trusted_checks,
             "step_budget_factor": step_budget_factor,
             "min_steps_factor": min_steps_factor,
             "check_every": check_every,
