@@ -339,3 +339,15 @@ def test_batch_shapes_are_fixed_only_for_tensor_datasets_through_a_batch_sampler
     assert not batch_shapes_fixed(DataLoader(data, batch_size=4, collate_fn=lambda b: b))
     assert not batch_shapes_fixed(DataLoader(data, batch_size=None))
     assert not batch_shapes_fixed([(torch.randn(3, 2), torch.randn(3))])
+
+
+def test_feed_counts_the_batches_of_its_first_pass():
+    loader = [(torch.full((2, 1), float(i)), torch.zeros(2)) for i in range(3)]
+    feed = DataFeed(loader, None, CPU, seed=0)
+    stream = iter(feed)
+    assert feed.batches_per_pass is None
+    for _ in range(3):
+        next(stream)
+    assert feed.batches_per_pass is None  # the pass has not ended until its next batch is asked for
+    next(stream)
+    assert feed.batches_per_pass == 3

@@ -339,6 +339,8 @@ class DataFeed:
         self.fast = _fast_tensor_batches(loader)
         self.float_dtype = float_dtype
         self.ledger = ledger
+        #: Batches in one pass of the loader, known once the first pass (index 0) has ended.
+        self.batches_per_pass: int | None = None
 
     def _batches_of_pass(self, pass_index: int) -> Iterator[Any]:
         with _seeded(self.loader, _pass_seed(self.seed, pass_index)):
@@ -359,16 +361,19 @@ class DataFeed:
         yield from source
 
     def _pass(self, pass_index: int) -> Iterator[tuple[Any, Any]]:
-        empty = True
+        empty, count = True, 0
         for batch in self._batches_of_pass(pass_index):
             if empty and self.ledger is not None:
                 self.ledger.check(pass_index, batch, self.seed)
             empty = False
+            count += 1
             x, y = self.unpack(batch)
             yield (
                 move_to(x, self.device, self.non_blocking, self.float_dtype),
                 move_to(y, self.device, self.non_blocking, self.float_dtype),
             )
+        if pass_index == 0:
+            self.batches_per_pass = count
         if empty:
             raise ValueError(
                 "DataFeed: the loader yielded no batch; pass a DataLoader over a non-empty dataset "
