@@ -8,7 +8,7 @@ trained with AdamW on random tokens repeated with a period of 4-12 (:mod:`lambda
 ``loss_fn=lambdahat.lm.next_token_loss``.
 
 Run: ``python benchmarks/lm_auto.py [--localization 20,100] [--burnin 200,auto] [--draws 200] [--nbeta 30]
-[--train-steps 600] [--threads 1]`` (``--nbeta`` default: n / log n in tokens; the field's practice is 10-30)
+[--train-steps 600] [--learning-rate auto] [--threads 1]`` (``--nbeta`` default: n / log n in tokens; the field's practice is 10-30)
 (``--train-steps 5 --draws 4 --burnin 4`` is the smoke run of tests/test_benchmark_scripts.py).
 """
 
@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--burnin", default="200,auto")
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--nbeta", type=float, default=None, help="nβ (default: n / log n in tokens)")
+    parser.add_argument(
+        "--learning-rate", default="auto", help='"auto" (default) or a step, e.g. one auto chose'
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--train-steps", type=int, default=600, help="AdamW steps (a handful for a smoke run)"
@@ -91,8 +94,11 @@ def main() -> None:
                 draws=args.draws,
                 chains=4,
                 burnin_steps=burnin if burnin == "auto" else int(burnin),
-                learning_rate="auto",
+                learning_rate=args.learning_rate
+                if args.learning_rate == "auto"
+                else float(args.learning_rate),
                 localization=gamma,
+                checks="all",
                 nbeta=float(nbeta),
             )
             result = estimator.run(

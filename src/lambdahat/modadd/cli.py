@@ -547,7 +547,7 @@ def register(app: typer.Typer) -> None:
         preset: Annotated[
             Preset,
             typer.Option(
-                help="quick: 2 seeds, 1,000 SGLD steps at ε = 1e-3 and 1,000 + 1,000 at ε = 5e-4 with the step "
+                help="quick: 2 seeds, 1,000 SGLD steps at ε = 1e-3 and 1,500 + 1,000 at ε = 3e-4 with the step "
                 "and start checks; full: the hackathon's protocol (5 seeds, 5,000 SGLD steps). Both train every "
                 "model the recipe's steps."
             ),
