@@ -4,11 +4,11 @@ accuracy checks measure and whether the verdict is ``ok``, at a fixed and at an 
 The model: Hugging Face GPT-2 built from a config in code (2 layers, d_model 64, 4 heads, its default attention),
 trained with AdamW on random tokens repeated with a period of 4-12 (:mod:`lambdahat.lm.toy`); the sampling data:
 512 fixed sequences of 24 tokens in batches of 32, nβ = n / log n with n in counted tokens. Each row is one
-``LLCEstimator(draws, chains=4, burnin_steps, learning_rate="auto", localization).run(...)`` with
+``LLCEstimator(draws, chains, burnin_steps, learning_rate="auto", localization).run(...)`` with
 ``loss_fn=lambdahat.lm.next_token_loss``.
 
 Run: ``python benchmarks/lm_auto.py [--localization 20,100] [--burnin 200,auto] [--draws 200] [--nbeta 30]
-[--train-steps 600] [--learning-rate auto] [--threads 1]`` (``--nbeta`` default: n / log n in tokens; the field's practice is 10-30)
+[--chains 4] [--train-steps 600] [--learning-rate auto] [--threads 1]`` (``--nbeta`` default: n / log n in tokens; the field's practice is 10-30)
 (``--train-steps 5 --draws 4 --burnin 4`` is the smoke run of tests/test_benchmark_scripts.py).
 """
 
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--localization", default="20,100")
     parser.add_argument("--burnin", default="200,auto")
     parser.add_argument("--draws", type=int, default=200)
+    parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--nbeta", type=float, default=None, help="nβ (default: n / log n in tokens)")
     parser.add_argument(
         "--learning-rate", default="auto", help='"auto" (default) or a step, e.g. one auto chose'
@@ -92,7 +93,7 @@ def main() -> None:
             started = time.perf_counter()
             estimator = LLCEstimator(
                 draws=args.draws,
-                chains=4,
+                chains=args.chains,
                 burnin_steps=burnin if burnin == "auto" else int(burnin),
                 learning_rate=args.learning_rate
                 if args.learning_rate == "auto"

@@ -70,7 +70,20 @@ def test_first_call_one_workload(tmp_path):
 @pytest.mark.slow
 def test_lm_auto_smoke(tmp_path):
     pytest.importorskip("transformers")
-    args = ["--train-steps", "5", "--draws", "4", "--burnin", "4", "--localization", "100", "--nbeta", "30"]
+    args = [
+        "--train-steps",
+        "5",
+        "--draws",
+        "4",
+        "--burnin",
+        "4",
+        "--localization",
+        "100",
+        "--nbeta",
+        "30",
+        "--chains",
+        "2",
+    ]
     proc = _run([str(BENCH / "lm_auto.py"), *args], tmp_path)
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 100 |")]
     assert len(rows) == 1 and " s |" in rows[0], proc.stdout
