@@ -4,12 +4,13 @@ accuracy checks measure and whether the verdict is ``ok``, at a fixed and at an 
 The model: Hugging Face GPT-2 built from a config in code (2 layers, d_model 64, 4 heads, its default attention),
 trained with AdamW on random tokens repeated with a period of 4-12 (:mod:`lambdahat.lm.toy`); the sampling data:
 512 fixed sequences of 24 tokens in batches of 32, nβ = n / log n with n in counted tokens. Each row is one
-``LLCEstimator(draws, chains, burnin_steps, learning_rate="auto", localization).run(...)`` with
-``loss_fn=lambdahat.lm.next_token_loss``.
+``LLCEstimator(draws, chains, burnin_steps, learning_rate, localization, checks="all").run(...)`` with
+``loss_fn=lambdahat.lm.next_token_loss`` (``learning_rate="auto"`` unless ``--learning-rate`` gives a step).
 
 Run: ``python benchmarks/lm_auto.py [--localization 20,100] [--burnin 200,auto] [--draws 200] [--nbeta 30]
-[--chains 4] [--train-steps 600] [--learning-rate auto] [--threads 1]`` (``--nbeta`` default: n / log n in tokens; the field's practice is 10-30)
-(``--train-steps 5 --draws 4 --burnin 4`` is the smoke run of tests/test_benchmark_scripts.py).
+[--chains 4] [--train-steps 600] [--learning-rate auto] [--threads 1]`` (``--nbeta`` default: n / log n in tokens;
+the field's practice is 10-30; ``--train-steps 5 --draws 4 --burnin 4`` is the smoke run of
+tests/test_benchmark_scripts.py).
 """
 
 from __future__ import annotations
