@@ -50,6 +50,7 @@ GOOD = dict(
     diverged=[],
     chains=4,
     llc_mean=3.0,
+    llc_stderr=0.1,
     temperature=1.01,
     temperature_stderr=0.01,
 )
@@ -115,6 +116,7 @@ def test_good_numbers_are_ok():
         ),
         (dict(diverged=[2]), "1 of 4 chains diverged", "chains [2] diverged"),
         (dict(llc_mean=-1.5), "λ̂ = -1.5 < 0", "not a local minimum"),
+        (dict(llc_stderr=0.4), "standard error 13 % of λ̂", "run more chains"),
         (dict(temperature=1.3), "temperature 1.30 ≠ 1", "lower learning_rate"),
         (dict(temperature=0.5), "temperature 0.50 ≠ 1", "raise burnin_steps"),
     ],
@@ -135,6 +137,7 @@ def test_numbers_on_the_thresholds_pass():
             "ess": float(MIN_ESS),
             "trend_p": TREND_P_VALUE,
             "distance_trend_p": DISTANCE_P_VALUE,
+            "llc_stderr": 0.3,  # MAX_RELATIVE_STDERR of llc_mean = 3
         }
     )
     assert v.ok

@@ -56,6 +56,7 @@ def _judge(
     temperature_stderr: float,
     diverged: torch.Tensor,
     llc_mean: float,
+    llc_stderr: float,
     settings: dict[str, Any],
 ) -> trust.Verdict:
     """The trust policy's verdict on a run's statistics (with the accuracy checks of ``settings["accuracy"]``)."""
@@ -76,6 +77,7 @@ def _judge(
         diverged=torch.nonzero(diverged).flatten().tolist(),
         chains=len(diverged),
         llc_mean=llc_mean,
+        llc_stderr=llc_stderr,
         sampler=settings.get("sampler"),
         accuracy=settings.get("accuracy") or {},
         guidance=tuple(settings.get("guidance") or ()),
@@ -242,6 +244,7 @@ class LLCResult:
             temperature_stderr=temperature_stderr,
             diverged=diverged,
             llc_mean=llc_mean,
+            llc_stderr=llc_std / math.sqrt(len(kept)) if len(kept) > 1 else math.nan,
             settings=settings,
         )
         if warn:
@@ -296,6 +299,7 @@ class LLCResult:
             temperature_stderr=self.temperature_stderr,
             diverged=self.diverged,
             llc_mean=self.llc_mean,
+            llc_stderr=self.llc_stderr,
             settings=settings,
         )
         if warn:

@@ -68,6 +68,9 @@ def test_flags():
         )
     )
     assert flagged(df).tolist() == [False, True, True, True, False, True]  # 0.87 < MIN_ACCEPTANCE
+    # a standard error above a tenth of λ̂ (the precision rule) flags a row too
+    precise = pd.DataFrame(dict(llc_mean=[5.0, 5.0, 5.0], llc_stderr=[0.4, 0.6, math.nan]))
+    assert flagged(precise).tolist() == [False, True, False]
 
 
 def test_flags_follow_the_status_column():

@@ -24,7 +24,8 @@ def flagged(df: pd.DataFrame) -> pd.Series:
 
     A row is flagged when its ``status`` is ``"untrusted..."`` or ``"diverged"``, or when the diagnostics in the
     row fail :func:`lambdahat.trust.assess` (``mala_acceptance``, ``rhat``, ``ess``, ``n_diverged``,
-    ``llc_mean``; this covers tables without a ``status`` column, or written before it carried the verdict).
+    ``llc_mean``, ``llc_stderr``; this covers tables without a ``status`` column, or written before it carried the
+    verdict).
     Failed and missing points are not flagged (they have no estimate), nor are missing diagnostics.
     """
     status = df["status"] if "status" in df else pd.Series(None, index=df.index, dtype=object)
@@ -35,7 +36,7 @@ def flagged(df: pd.DataFrame) -> pd.Series:
         return pd.to_numeric(df[name], errors="coerce").astype(float)
 
     acc, rhat, ess, n_div = column("mala_acceptance"), column("rhat"), column("ess"), column("n_diverged")
-    llc = column("llc_mean")
+    llc, llc_stderr = column("llc_mean"), column("llc_stderr")
     flag = []
     for i in df.index:
         kind = trust.status_kind(status.loc[i]) if "status" in df else "ok"
@@ -48,6 +49,7 @@ def flagged(df: pd.DataFrame) -> pd.Series:
                 ess=ess.loc[i],
                 diverged=n_div.loc[i],
                 llc_mean=llc.loc[i],
+                llc_stderr=llc_stderr.loc[i],
             )
             flag.append(not verdict.ok)
         else:
