@@ -43,6 +43,11 @@ def _temperature(virial: torch.Tensor, settings: dict[str, Any]) -> tuple[float,
     return float(per_chain.mean()), stderr
 
 
+def _stderr(llc_std: float, kept: int) -> float:
+    """Standard error of λ̂ across ``kept`` independent chains, ``llc_std / sqrt(kept)`` (NaN below two)."""
+    return llc_std / math.sqrt(kept) if kept > 1 else math.nan
+
+
 def _judge(
     *,
     mala: float,
@@ -244,7 +249,7 @@ class LLCResult:
             temperature_stderr=temperature_stderr,
             diverged=diverged,
             llc_mean=llc_mean,
-            llc_stderr=llc_std / math.sqrt(len(kept)) if len(kept) > 1 else math.nan,
+            llc_stderr=_stderr(llc_std, len(kept)),
             settings=settings,
         )
         if warn:
@@ -331,8 +336,7 @@ class LLCResult:
     @property
     def llc_stderr(self) -> float:
         """Standard error of ``llc_mean`` across the kept chains (``llc_std / sqrt(chains kept)``)."""
-        kept = int((~self.diverged).sum())
-        return self.llc_std / math.sqrt(kept) if kept > 1 else math.nan
+        return _stderr(self.llc_std, int((~self.diverged).sum()))
 
     @property
     def verdict(self) -> trust.Verdict:
